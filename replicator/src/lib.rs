@@ -1,1 +1,6 @@
-//! urbd engine.
+//! urbd engine. Today: the local disk engine (`disk`). The replication core builds on it.
+
+pub mod disk;
+pub mod error;
+
+pub use error::Error;

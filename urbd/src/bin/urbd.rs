@@ -1,1 +1,38 @@
-fn main() {}
+//! `urbd`: the urbd daemon. `urbd serve` exports one local disk over NBD.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "urbd", version, about = "urbd: a userspace replicated block device")]
+struct Cli {
+    /// Worker threads for networking (the disk engine has its own thread).
+    #[arg(long, global = true, default_value_t = 2)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Export one local disk over NBD, unreplicated (like qemu-nbd).
+    Serve(urbd::serve::ServeArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(urbd::serve::run(args)),
+    }
+}
