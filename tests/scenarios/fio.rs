@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use urbd_tests::util::write_at;
-use urbd_tests::{make_sparse_disk, require_tool, Cmd, Json, Server, TempDir, MIB};
+use urbd_tests::{make_sparse_disk, require_tool, Cmd, Json, Listen, Server, TempDir, MIB};
 
 struct FioJob<'a> {
     uri: &'a str,
@@ -84,7 +84,14 @@ fn fio_cmd(job: &FioJob) -> Cmd {
     cmd
 }
 
-fn fio_scenario(t: &str, extra: &[&str], numjobs: u32, size_mib: u64, restart_verify: bool) {
+fn fio_scenario(
+    t: &str,
+    listen: Listen,
+    extra: &[&str],
+    numjobs: u32,
+    size_mib: u64,
+    restart_verify: bool,
+) {
     if !require_tool(t, "fio") {
         return;
     }
@@ -96,7 +103,7 @@ fn fio_scenario(t: &str, extra: &[&str], numjobs: u32, size_mib: u64, restart_ve
     let dir = TempDir::new(t);
     let disk = dir.join("disk.img");
     make_sparse_disk(&disk, size_mib * numjobs as u64 + 1);
-    let mut server = Server::start(&disk, extra);
+    let mut server = Server::start_with(&disk, listen, extra);
     run_fio(&FioJob {
         uri: server.uri(),
         dir: dir.path(),
@@ -108,7 +115,7 @@ fn fio_scenario(t: &str, extra: &[&str], numjobs: u32, size_mib: u64, restart_ve
         // The data survives a server restart: a new process on the same
         // disk, read back and verified by fio (same seed, same layout).
         server.stop();
-        let mut server = Server::start(&disk, extra);
+        let mut server = Server::start_with(&disk, listen, extra);
         run_fio(&FioJob {
             uri: server.uri(),
             dir: dir.path(),
@@ -120,7 +127,7 @@ fn fio_scenario(t: &str, extra: &[&str], numjobs: u32, size_mib: u64, restart_ve
         // file behind the server's back and fio must notice.
         server.stop();
         write_at(&disk, 3 * MIB + 512, &[0x5a; 512]);
-        let server = Server::start(&disk, extra);
+        let server = Server::start_with(&disk, listen, extra);
         let o = fio_cmd(&FioJob {
             uri: server.uri(),
             dir: dir.path(),
@@ -139,21 +146,53 @@ fn fio_scenario(t: &str, extra: &[&str], numjobs: u32, size_mib: u64, restart_ve
 
 #[test]
 fn fio_randwrite_verify() {
-    fio_scenario("fio_randwrite_verify", &[], 1, 24, true);
+    fio_scenario("fio_randwrite_verify", Listen::Tcp, &[], 1, 24, true);
 }
 
 #[test]
 fn fio_randwrite_verify_4_connections() {
-    fio_scenario("fio_randwrite_verify_4_connections", &[], 4, 12, true);
+    fio_scenario(
+        "fio_randwrite_verify_4_connections",
+        Listen::Tcp,
+        &[],
+        4,
+        12,
+        true,
+    );
 }
 
 #[test]
 fn fio_randwrite_verify_rmw_align_4096() {
     fio_scenario(
         "fio_randwrite_verify_rmw_align_4096",
+        Listen::Tcp,
         &["--io-align-bytes", "4096"],
         2,
         12,
         false,
+    );
+}
+
+#[test]
+fn fio_randwrite_verify_threads_engine() {
+    fio_scenario(
+        "fio_randwrite_verify_threads_engine",
+        Listen::Tcp,
+        &["--disk-engine", "threads"],
+        2,
+        12,
+        false,
+    );
+}
+
+#[test]
+fn fio_randwrite_verify_unix_socket() {
+    fio_scenario(
+        "fio_randwrite_verify_unix_socket",
+        Listen::Unix,
+        &[],
+        2,
+        8,
+        true,
     );
 }

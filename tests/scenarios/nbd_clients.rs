@@ -285,6 +285,15 @@ fn qemu_io_workload(t: &str, extra: &[&str]) {
         rd(0, cz),
         format!("write -f -P 0xf4 {} {}", b(f.0), b(f.1)),
         rd(0xf4, f),
+        // unaligned discard: its neighbours in the same 4k block survive
+        format!("write -P 0x66 {} 16k", b(6 * M + 64 * K)),
+        format!("discard {} 1024", b(6 * M + 64 * K + 512)),
+        format!("read -P 0x66 {} 512", b(6 * M + 64 * K)),
+        format!(
+            "read -P 0x66 {} {}",
+            b(6 * M + 64 * K + 1536),
+            b(16 * K - 1536)
+        ),
         "flush".into(),
     ];
     let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
@@ -320,6 +329,12 @@ fn qemu_io_workload(t: &str, extra: &[&str]) {
         format!("read -P 0 {} 512", b(6 * M)),
         rd(0xf4, f),
         format!("read -P 0 {} 3k", b(6 * M + 1024)),
+        format!("read -P 0x66 {} 512", b(6 * M + 64 * K)),
+        format!(
+            "read -P 0x66 {} {}",
+            b(6 * M + 64 * K + 1536),
+            b(16 * K - 1536)
+        ),
         "read -P 0 7M 9M".into(),
     ];
     let checks: Vec<&str> = checks.iter().map(String::as_str).collect();
@@ -354,6 +369,8 @@ fn qemu_io_workload(t: &str, extra: &[&str]) {
         (6 * M, 512, 0),
         (f.0, f.1, 0xf4),
         (f.0 + f.1, 3 * K, 0),
+        (6 * M + 64 * K, 512, 0x66),
+        (6 * M + 64 * K + 1536, 16 * K - 1536, 0x66),
         (7 * M, 9 * M, 0),
     ];
     for &(off, len, byte) in expect {
@@ -376,6 +393,22 @@ fn qemu_io_patterns_rmw_align_4096() {
     qemu_io_workload(
         "qemu_io_patterns_rmw_align_4096",
         &["--io-align-bytes", "4096"],
+    );
+}
+
+#[test]
+fn qemu_io_patterns_threads_engine() {
+    qemu_io_workload(
+        "qemu_io_patterns_threads_engine",
+        &["--disk-engine", "threads"],
+    );
+}
+
+#[test]
+fn qemu_io_patterns_rmw_align_4096_threads_engine() {
+    qemu_io_workload(
+        "qemu_io_patterns_rmw_align_4096_threads_engine",
+        &["--io-align-bytes", "4096", "--disk-engine", "threads"],
     );
 }
 

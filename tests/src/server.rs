@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -83,6 +83,8 @@ pub struct Server {
     disk: PathBuf,
     stderr_log: PathBuf,
     kind: Kind,
+    /// stdout lines after the ready line (the contract says there are none).
+    extra_stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -132,6 +134,8 @@ impl Server {
         // thread then keeps draining stdout until the process exits.
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        let extra_stdout = Arc::new(Mutex::new(Vec::new()));
+        let extra = extra_stdout.clone();
         thread::spawn(move || {
             let mut r = BufReader::new(stdout);
             let mut line = String::new();
@@ -140,7 +144,7 @@ impl Server {
             let mut rest = String::new();
             while matches!(r.read_line(&mut rest), Ok(n) if n > 0) {
                 eprint!("urbd stdout (after ready line): {rest}");
-                rest.clear();
+                extra.lock().unwrap().push(std::mem::take(&mut rest));
             }
         });
         let mut server = Server {
@@ -151,6 +155,7 @@ impl Server {
             disk: disk.to_path_buf(),
             stderr_log,
             kind: Kind::Urbd,
+            extra_stdout,
         };
         let line = match rx.recv_timeout(READY_TIMEOUT) {
             Ok(Ok(line)) if !line.is_empty() => line,
@@ -211,7 +216,7 @@ impl Server {
                 "--read-only" => {
                     cmd.arg("-r");
                 }
-                "--export" | "--io-align-bytes" => {
+                "--export" | "--io-align-bytes" | "--disk-engine" => {
                     it.next();
                 }
                 other => panic!("reference mode: unknown server arg {other}"),
@@ -252,6 +257,7 @@ impl Server {
             disk: disk.to_path_buf(),
             stderr_log,
             kind: Kind::QemuNbd,
+            extra_stdout: Arc::new(Mutex::new(Vec::new())),
         };
         let ready = wait_until(READY_TIMEOUT, || match &server.addr {
             Addr::Tcp(a) => TcpStream::connect(a).is_ok(),
@@ -306,20 +312,43 @@ impl Server {
         );
     }
 
-    /// SIGTERM, then wait (bounded). Panics if it does not exit in time.
+    /// stdout lines printed after the ready line (should be none).
+    pub fn extra_stdout(&self) -> Vec<String> {
+        self.extra_stdout.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then wait (bounded). Panics if it does not exit in time,
+    /// or (urbd) if it does not exit with status 0.
     pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Like [`Server::stop`] with another signal (SIGINT).
+    pub fn stop_with(&mut self, signal: libc::c_int) -> ExitStatus {
+        let st = self.signal_and_wait(signal);
+        if self.is_urbd() {
+            assert!(
+                st.success(),
+                "urbd exited with {st} after signal {signal}\n{}",
+                self.stderr_tail()
+            );
+        }
+        st
+    }
+
+    fn signal_and_wait(&mut self, signal: libc::c_int) -> ExitStatus {
         let mut child = self.child.take().expect("server already stopped");
         // SAFETY: kill(2) on our own child's pid; the child has not been
         // reaped yet (we hold the Child), so the pid cannot have been reused.
-        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({signal}) failed");
         match wait_timeout(&mut child, STOP_TIMEOUT) {
             Some(st) => st,
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "server did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
+                    "server did not exit within {STOP_TIMEOUT:?} of signal {signal}\n{}",
                     self.stderr_tail()
                 );
             }
