@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every check and test of urbd: formatting, lints, unit and property tests, multi-process
+# tests with real NBD clients, and the quick benchmark (which fails only on I/O or verify errors).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --release -- -D warnings
+echo "== build"
+cargo build --workspace --release --bins
+echo "== quick benchmark (fails only on I/O or verify errors)"
+bench/run --quick --json target/bench/quick.json
+echo "== tests"
+cargo test --workspace --release -- --test-threads="${URBD_TEST_THREADS:-2}"
