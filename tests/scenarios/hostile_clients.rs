@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use urbd_tests::clients::qemu_io;
 use urbd_tests::nbdraw::{
-    RawClient, CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, CMD_FLUSH, CMD_READ, CMD_WRITE, EINVAL,
-    ENOSPC, OPT_GO, REP_ERR_UNSUP,
+    RawClient, CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_WRITE,
+    EINVAL, ENOSPC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_STARTTLS, REP_ACK,
+    REP_ERR_UNSUP, REP_INFO, REP_SERVER, TFLAG_HAS_FLAGS,
 };
 use urbd_tests::{make_sparse_disk, require_tool, Prng, Server, TempDir, MIB};
 
@@ -372,5 +373,144 @@ fn many_clients_at_once() {
     for c in clients {
         c.disconnect();
     }
+    f.finish();
+}
+
+/// NBD_OPT_EXPORT_NAME: reply is size, flags and (unless NO_ZEROES was
+/// negotiated) 124 zero bytes; then transmission works.
+fn export_name_session(f: &Fixture, client_flags: u32) {
+    let mut c = f.hostile();
+    c.send_client_flags(client_flags);
+    c.send_option(OPT_EXPORT_NAME, f.server.export().as_bytes());
+    let size = c.read_u64().expect("EXPORT_NAME reply: size");
+    assert_eq!(size, SIZE, "EXPORT_NAME reply size");
+    let flags = c.read_u16().expect("EXPORT_NAME reply: flags");
+    assert_ne!(flags & TFLAG_HAS_FLAGS, 0, "HAS_FLAGS missing: {flags:#x}");
+    if client_flags & CLIENT_NO_ZEROES == 0 {
+        let mut pad = [0xffu8; 124];
+        std::io::Read::read_exact(&mut c.s, &mut pad).expect("124 bytes of padding");
+        assert!(pad.iter().all(|&b| b == 0), "padding not zero");
+    }
+    c.size = size;
+    let off = 11 * MIB + client_flags as u64 * 4096;
+    c.roundtrip(5, off, &Prng::new(client_flags as u64).bytes(4096));
+    c.disconnect();
+}
+
+#[test]
+fn export_name_option_with_and_without_no_zeroes() {
+    let Some(f) = start("export_name_option_with_and_without_no_zeroes") else {
+        return;
+    };
+    export_name_session(&f, CLIENT_FIXED_NEWSTYLE);
+    export_name_session(&f, CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES);
+    f.finish();
+}
+
+#[test]
+fn info_list_starttls_abort_options() {
+    let Some(f) = start("info_list_starttls_abort_options") else {
+        return;
+    };
+    let export = f.server.export().to_string();
+    let mut c = f.hostile();
+    c.send_client_flags(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES);
+
+    // NBD_OPT_LIST: one NBD_REP_SERVER naming the export, then ACK.
+    c.send_option(OPT_LIST, &[]);
+    let mut names = Vec::new();
+    loop {
+        let r = c.read_opt_reply().expect("NBD_OPT_LIST reply");
+        assert_eq!(r.opt, OPT_LIST);
+        match r.typ {
+            REP_SERVER => {
+                let n = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
+                names.push(String::from_utf8_lossy(&r.data[4..4 + n]).into_owned());
+            }
+            REP_ACK => break,
+            t => panic!("unexpected NBD_OPT_LIST reply type {t:#x}"),
+        }
+    }
+    assert!(names.contains(&export), "NBD_OPT_LIST: {names:?}");
+
+    // NBD_OPT_INFO: like GO (INFO_EXPORT + ACK) but stays in negotiation.
+    let mut d = (export.len() as u32).to_be_bytes().to_vec();
+    d.extend_from_slice(export.as_bytes());
+    d.extend_from_slice(&0u16.to_be_bytes());
+    c.send_option(OPT_INFO, &d);
+    let mut size = None;
+    loop {
+        let r = c.read_opt_reply().expect("NBD_OPT_INFO reply");
+        assert_eq!(r.opt, OPT_INFO);
+        match r.typ {
+            REP_INFO if r.data[..2] == [0, 0] => {
+                size = Some(u64::from_be_bytes(r.data[2..10].try_into().unwrap()));
+            }
+            REP_INFO => {}
+            REP_ACK => break,
+            t => panic!("unexpected NBD_OPT_INFO reply type {t:#x}: {r:?}"),
+        }
+    }
+    assert_eq!(size, Some(SIZE), "NBD_OPT_INFO size");
+
+    // NBD_OPT_STARTTLS without TLS configured: an error, session goes on.
+    c.send_option(OPT_STARTTLS, &[]);
+    let r = c.read_opt_reply().expect("NBD_OPT_STARTTLS reply");
+    assert_eq!(r.opt, OPT_STARTTLS);
+    assert_ne!(
+        r.typ & 0x8000_0000,
+        0,
+        "STARTTLS accepted without TLS: {r:?}"
+    );
+
+    // Malformed NBD_OPT_GO (name length beyond the data): an error reply.
+    c.send_option(OPT_GO, &[0, 0, 0, 200, b'x']);
+    let r = c.read_opt_reply().expect("malformed NBD_OPT_GO reply");
+    assert_eq!(r.opt, OPT_GO);
+    assert_ne!(r.typ & 0x8000_0000, 0, "malformed GO accepted: {r:?}");
+
+    // NBD_OPT_ABORT: the server (optionally ACKs and) closes.
+    c.send_option(OPT_ABORT, &[]);
+    assert!(
+        c.closed_by_server_within(CLOSE_TIMEOUT),
+        "connection still open after NBD_OPT_ABORT"
+    );
+    f.finish();
+}
+
+#[test]
+fn disconnect_waits_for_writes_in_flight() {
+    let Some(f) = start("disconnect_waits_for_writes_in_flight") else {
+        return;
+    };
+    let mut c = RawClient::connect_go(f.server.addr(), f.server.export());
+    let data = Prng::new(77).bytes(8 << 20);
+    let mut wire = Vec::new();
+    for (i, chunk) in data.chunks(64 << 10).enumerate() {
+        let off = 24 * MIB + (i as u64) * (64 << 10);
+        wire.extend_from_slice(&urbd_tests::nbdraw::REQUEST_MAGIC.to_be_bytes());
+        wire.extend_from_slice(&0u16.to_be_bytes());
+        wire.extend_from_slice(&CMD_WRITE.to_be_bytes());
+        wire.extend_from_slice(&(i as u64).to_be_bytes());
+        wire.extend_from_slice(&off.to_be_bytes());
+        wire.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+        wire.extend_from_slice(chunk);
+    }
+    // All the writes, then NBD_CMD_DISC, without reading a single reply.
+    c.s.write_all(&wire).expect("send writes");
+    c.send_request(0, CMD_DISC, 999, 0, 0, &[])
+        .expect("send DISC");
+    let _ = c.s.shutdown_write();
+    // The server answers the writes, then closes.
+    let mut replies = 0;
+    while let Ok(r) = c.read_simple_reply() {
+        assert_eq!(r.error, 0, "write {} failed", r.cookie);
+        replies += 1;
+    }
+    assert_eq!(replies, 128, "replies before the server closed");
+    let mut fresh = RawClient::connect_go(f.server.addr(), f.server.export());
+    let back = fresh.read(1, 24 * MIB, 8 << 20).expect("read back");
+    urbd_tests::util::assert_same_bytes("writes sent before NBD_CMD_DISC", &back, &data);
+    fresh.disconnect();
     f.finish();
 }

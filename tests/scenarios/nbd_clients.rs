@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use urbd_tests::clients::{b, qemu_io, qemu_io_fails, qemu_io_opts};
-use urbd_tests::nbdraw::{RawClient, EPERM};
+use urbd_tests::nbdraw::{RawClient, CMD_TRIM, CMD_WRITE_ZEROES, EPERM};
 use urbd_tests::util::{assert_file_filled, assert_same_bytes, write_at, write_random_file};
 use urbd_tests::{
     make_sparse_disk, read_at, require_tool, Cmd, Json, Listen, Server, TempDir, MIB,
@@ -213,6 +213,16 @@ fn read_only_export_rejects_writes() {
         .expect_err("write on a read-only export succeeded");
     if server.is_urbd() {
         assert_eq!(err, EPERM, "write on --read-only export: errno");
+    }
+    // Trim and write-zeroes are refused too.
+    for (cookie, cmd) in [(3u64, CMD_TRIM), (4, CMD_WRITE_ZEROES)] {
+        c.send_request(0, cmd, cookie, 64 * K, 4096, &[]).unwrap();
+        let r = c.read_simple_reply().expect("reply");
+        assert_eq!(r.cookie, cookie);
+        assert_ne!(r.error, 0, "command {cmd} on a read-only export succeeded");
+        if server.is_urbd() {
+            assert_eq!(r.error, EPERM, "command {cmd} on --read-only export: errno");
+        }
     }
     // The connection is still usable.
     let data = c.read(2, 64 * K, 4096).expect("read after refused write");

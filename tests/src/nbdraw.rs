@@ -20,8 +20,11 @@ pub const FLAG_NO_ZEROES: u16 = 2;
 pub const CLIENT_FIXED_NEWSTYLE: u32 = 1;
 pub const CLIENT_NO_ZEROES: u32 = 2;
 
+pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
 pub const OPT_LIST: u32 = 3;
+pub const OPT_STARTTLS: u32 = 5;
+pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 
 pub const REP_ACK: u32 = 1;
@@ -34,6 +37,8 @@ pub const CMD_READ: u16 = 0;
 pub const CMD_WRITE: u16 = 1;
 pub const CMD_DISC: u16 = 2;
 pub const CMD_FLUSH: u16 = 3;
+pub const CMD_TRIM: u16 = 4;
+pub const CMD_WRITE_ZEROES: u16 = 6;
 
 pub const TFLAG_HAS_FLAGS: u16 = 1 << 0;
 pub const TFLAG_READ_ONLY: u16 = 1 << 1;
