@@ -134,12 +134,29 @@ while pos < size:
         pos = hi
 check(pos >= size, "block status did not reach the end")
 
+# REQ_ONE: exactly one extent, not longer than asked; at an unaligned
+# (512-aligned) offset inside written data it must say "not zero".
+for off, count in ((1 * M + 192 * 1024, 64 * 1024), (1 * M + 200 * 1024 + 512, 4096),
+                   (10 * M, 1 * M)):
+    extents.clear()
+    h.block_status(count, off, extent, nbd.CMD_FLAG_REQ_ONE)
+    check(len(extents) == 1, f"REQ_ONE at {off}: {extents}")
+    eoff, ents = extents[0]
+    check(eoff == off and len(ents) == 2, f"REQ_ONE at {off}: {extents}")
+    check(0 < ents[0] <= count, f"REQ_ONE at {off}: length {ents[0]} > {count}")
+    if off < 2 * M:
+        check(not (ents[1] & nbd.STATE_ZERO), f"REQ_ONE at {off}: data flagged zero")
+    else:
+        check(ents[1] & nbd.STATE_ZERO, f"REQ_ONE at {off}: never-written flagged non-zero")
+
 # Strict mode off: requests the server itself must refuse.
 h.set_strict_mode(0)
 expect_errno(lambda: h.pread(4096, size - 512), errno.EINVAL, "read past end")
 expect_errno(lambda: h.pwrite(bytes(4096), size - 512), errno.ENOSPC, "write past end")
 expect_errno(lambda: h.zero(4096, size - 512), errno.ENOSPC, "zero past end")
 expect_errno(lambda: h.pread(32 * M + 512, 0), errno.EINVAL, "read > 32 MiB")
+expect_errno(lambda: h.block_status(4096, size - 512, extent), errno.EINVAL,
+             "block status past end")
 check(h.pread(512, size - 512) == bytes(512), "last sector after refused requests")
 h.shutdown()
 print("OK")
