@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use urbd_tests::clients::qemu_io;
 use urbd_tests::nbdraw::{
-    RawClient, CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, CMD_DISC, CMD_FLUSH, CMD_READ, CMD_WRITE,
-    EINVAL, ENOSPC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO, OPT_LIST, OPT_STARTTLS, REP_ACK,
-    REP_ERR_UNSUP, REP_INFO, REP_SERVER, TFLAG_HAS_FLAGS,
+    RawClient, CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES, CMD_BLOCK_STATUS, CMD_DISC, CMD_FLUSH,
+    CMD_READ, CMD_TRIM, CMD_WRITE, EINVAL, ENOSPC, OPT_ABORT, OPT_EXPORT_NAME, OPT_GO, OPT_INFO,
+    OPT_LIST, OPT_STARTTLS, REP_ACK, REP_ERR_UNSUP, REP_INFO, REP_SERVER, TFLAG_HAS_FLAGS,
 };
 use urbd_tests::{make_sparse_disk, require_tool, Prng, Server, TempDir, MIB};
 
@@ -30,11 +30,11 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(t: &str) -> Fixture {
+    fn new(t: &str, extra: &[&str]) -> Fixture {
         let dir = TempDir::new(t);
         let disk = dir.join("disk.img");
         make_sparse_disk(&disk, DISK_MIB);
-        let server = Server::start(&disk, &[]);
+        let server = Server::start(&disk, extra);
         let pre = RawClient::connect_go(server.addr(), server.export());
         assert_eq!(pre.size, SIZE, "NBD_INFO_EXPORT size");
         let idle = RawClient::connect(server.addr());
@@ -110,10 +110,14 @@ fn which_qemu_io() -> bool {
 }
 
 fn start(t: &str) -> Option<Fixture> {
+    start_with(t, &[])
+}
+
+fn start_with(t: &str, extra: &[&str]) -> Option<Fixture> {
     if !require_tool(t, "qemu-io") {
         return None;
     }
-    Some(Fixture::new(t))
+    Some(Fixture::new(t, extra))
 }
 
 #[test]
@@ -512,5 +516,88 @@ fn disconnect_waits_for_writes_in_flight() {
     let back = fresh.read(1, 24 * MIB, 8 << 20).expect("read back");
     urbd_tests::util::assert_same_bytes("writes sent before NBD_CMD_DISC", &back, &data);
     fresh.disconnect();
+    f.finish();
+}
+
+/// Requests a well-behaved client never sends (below the minimum block
+/// size, zero length, unknown flags, BLOCK_STATUS without a negotiated meta
+/// context, max-size write). The server may refuse or serve them, but
+/// must answer each one with a correct reply and stay in sync.
+#[test]
+fn odd_requests_do_not_desync() {
+    odd_requests("odd_requests_do_not_desync", &[]);
+}
+
+#[test]
+fn odd_requests_do_not_desync_rmw_align_4096() {
+    odd_requests(
+        "odd_requests_do_not_desync_rmw_align_4096",
+        &["--io-align-bytes", "4096"],
+    );
+}
+
+fn odd_requests(t: &str, extra: &[&str]) {
+    let Some(f) = start_with(t, extra) else {
+        return;
+    };
+    let mut c = RawClient::connect_go(f.server.addr(), f.server.export());
+    let base = 30 * MIB;
+    let block = Prng::new(30).bytes(4096);
+    c.roundtrip(1, base, &block);
+
+    // Unaligned read: an error or the right bytes.
+    c.send_request(0, CMD_READ, 10, base + 7, 100, &[]).unwrap();
+    let r = c.read_simple_reply().expect("reply to unaligned read");
+    assert_eq!(r.cookie, 10);
+    if r.error == 0 {
+        let mut got = vec![0u8; 100];
+        std::io::Read::read_exact(&mut c.s, &mut got).unwrap();
+        assert_eq!(got, block[7..107], "unaligned read data");
+    }
+    // Unaligned write: an error (nothing changes) or applied exactly.
+    let patch = [0xc7u8; 100];
+    let mut want = block.clone();
+    match c.write(11, base + 7, &patch) {
+        Ok(()) => want[7..107].copy_from_slice(&patch),
+        Err(e) => assert_ne!(e, 0),
+    }
+    let got = c.read(12, base, 4096).expect("read after unaligned write");
+    urbd_tests::util::assert_same_bytes("block after unaligned write", &got, &want);
+
+    // Zero-length read, write, trim: error or empty success.
+    for (cookie, cmd) in [(20u64, CMD_READ), (21, CMD_WRITE), (22, CMD_TRIM)] {
+        c.send_request(0, cmd, cookie, base, 0, &[]).unwrap();
+        let r = c.read_simple_reply().expect("reply to zero-length request");
+        assert_eq!(r.cookie, cookie, "zero-length command {cmd}");
+    }
+    // Unknown request flag bits on a read.
+    c.send_request(0x4000, CMD_READ, 30, base, 4096, &[])
+        .unwrap();
+    let r = c
+        .read_simple_reply()
+        .expect("reply to read with unknown flags");
+    assert_eq!(r.cookie, 30);
+    if r.error == 0 {
+        let mut got = vec![0u8; 4096];
+        std::io::Read::read_exact(&mut c.s, &mut got).unwrap();
+        assert_eq!(got, want, "read with unknown flags");
+    }
+    // BLOCK_STATUS without SET_META_CONTEXT: must not be answered with a
+    // structured reply on this simple-reply connection.
+    c.send_request(0, CMD_BLOCK_STATUS, 40, base, 4096, &[])
+        .unwrap();
+    let r = c.read_simple_reply().expect("simple reply to BLOCK_STATUS");
+    assert_eq!(r.cookie, 40);
+    assert_ne!(r.error, 0, "BLOCK_STATUS without a meta context succeeded");
+
+    // A write of exactly the maximum size works.
+    let big = Prng::new(31).bytes(MAX_LEN as usize);
+    c.write(50, 0, &big).expect("32 MiB write");
+    let back = c.read(51, 0, MAX_LEN).expect("32 MiB read");
+    urbd_tests::util::assert_same_bytes("32 MiB write", &back, &big);
+
+    // Still in sync.
+    c.roundtrip(60, base + 8192, &Prng::new(32).bytes(8192));
+    c.disconnect();
     f.finish();
 }
