@@ -8,6 +8,23 @@
 //! Set `URBD_TEST_SERVER=qemu-nbd` to run the same scenarios against
 //! `qemu-nbd` instead; that is how the tests themselves are validated
 //! (urbd-specific assertions are then skipped, see [`server::Server::is_urbd`]).
+//!
+//! Running:
+//!
+//! ```text
+//! cargo build --release -p urbd
+//! cargo test -p urbd-tests                      # all scenarios
+//! cargo test -p urbd-tests --test hostile_clients
+//! URBD_TEST_SERVER=qemu-nbd cargo test -p urbd-tests   # validate the tests
+//! ```
+//!
+//! Environment: `URBD_BIN` (server binary; default `target/release/urbd`,
+//! then `target/debug/urbd`), `URBD_TEST_TMPDIR` (where scratch dirs go;
+//! default the system temp dir, must support O_DIRECT), `URBD_TEST_KEEP=1`
+//! (keep scratch dirs; they are always kept when a test fails), `RUST_LOG`
+//! (passed to the server; its stderr is printed when a test fails).
+//! Missing tools make a test print `SKIPPED: ...` and pass; the filesystem
+//! scenario needs root, /dev/fuse and loop devices.
 
 pub mod clients;
 pub mod json;
