@@ -271,3 +271,24 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(25));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_tool_and_cmd() {
+        assert!(require_tool("self-test", "sh"));
+        assert!(!require_tool("self-test", "no-such-tool-xyz"));
+        let o = Cmd::new("sh").args(["-c", "echo out; echo err >&2"]).ok();
+        assert_eq!((o.stdout.as_str(), o.stderr.as_str()), ("out\n", "err\n"));
+        Cmd::new("false").fails();
+        let r = std::panic::catch_unwind(|| {
+            Cmd::new("sleep")
+                .arg("5")
+                .timeout(Duration::from_millis(200))
+                .output()
+        });
+        assert!(r.is_err(), "timeout did not fire");
+    }
+}
