@@ -26,7 +26,8 @@ pub struct ServeArgs {
     /// Treat the disk's O_DIRECT alignment as N bytes instead of detecting it (power of two).
     #[arg(long, value_name = "N", value_parser = parse_align)]
     pub io_align_bytes: Option<u32>,
-    /// Disk I/O engine: auto (io_uring, else threads), uring, threads.
+    /// Disk I/O engine: auto (io_uring; inline on tmpfs; threads if io_uring is refused),
+    /// uring, threads, inline.
     #[arg(long, default_value = "auto", value_parser = parse_engine)]
     pub disk_engine: EngineKind,
 }
@@ -44,7 +45,8 @@ fn parse_engine(s: &str) -> Result<EngineKind, String> {
         "auto" => Ok(EngineKind::Auto),
         "uring" | "io_uring" => Ok(EngineKind::Uring),
         "threads" => Ok(EngineKind::Threads),
-        _ => Err(format!("{s:?}: expected auto, uring or threads")),
+        "inline" => Ok(EngineKind::Inline),
+        _ => Err(format!("{s:?}: expected auto, uring, threads or inline")),
     }
 }
 

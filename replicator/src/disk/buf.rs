@@ -52,8 +52,8 @@ impl IoBuf {
     /// Index of the registered (fixed) buffer this one lives in, for READ/WRITE_FIXED.
     pub fn fixed_index(&self) -> Option<u16> {
         match &self.origin {
-            Origin::Pool(_, i) => Some(*i),
-            Origin::Heap(_) => None,
+            Origin::Pool(pool, i) if pool.registrable => Some(*i),
+            _ => None,
         }
     }
 
@@ -103,6 +103,8 @@ pub struct Pool {
     buffer_bytes: usize,
     count: u16,
     free: Mutex<Vec<u16>>,
+    /// Whether the io_uring engine registers this pool (only one pool can be).
+    registrable: bool,
 }
 
 // SAFETY: the pool's memory is handed out slot by slot to exclusive IoBuf owners; the free list is
@@ -112,7 +114,17 @@ unsafe impl Send for Pool {}
 unsafe impl Sync for Pool {}
 
 impl Pool {
-    pub fn new(count: u16, buffer_bytes: usize) -> Arc<Pool> {
+    /// A pool the io_uring engine registers, so its buffers use READ/WRITE_FIXED.
+    pub fn registrable(count: u16, buffer_bytes: usize) -> Arc<Pool> {
+        Pool::new(count, buffer_bytes, true)
+    }
+
+    /// A pool that only saves allocating (and zeroing) large buffers per request.
+    pub fn plain(count: u16, buffer_bytes: usize) -> Arc<Pool> {
+        Pool::new(count, buffer_bytes, false)
+    }
+
+    fn new(count: u16, buffer_bytes: usize, registrable: bool) -> Arc<Pool> {
         assert!(count > 0 && buffer_bytes % BUF_ALIGN_BYTES == 0 && buffer_bytes > 0);
         let layout = Layout::from_size_align(usize::from(count) * buffer_bytes, BUF_ALIGN_BYTES)
             .expect("valid pool layout");
@@ -125,6 +137,7 @@ impl Pool {
             buffer_bytes,
             count,
             free: Mutex::new((0..count).rev().collect()),
+            registrable,
         })
     }
 
@@ -184,7 +197,7 @@ mod tests {
 
     #[test]
     fn pool_hands_out_distinct_slots_and_takes_them_back() {
-        let pool = Pool::new(2, 8192);
+        let pool = Pool::registrable(2, 8192);
         let mut a = pool.take(100).expect("slot");
         let b = pool.take(8192).expect("slot");
         assert!(pool.take(1).is_none(), "pool exhausted");

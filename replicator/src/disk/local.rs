@@ -11,7 +11,7 @@ use super::buf::{IoBuf, Pool};
 use super::op::{Completion, Op, OpKind};
 use super::open::{self, Geometry};
 use super::range_lock::RangeLocks;
-use super::threads::ThreadBackend;
+use super::threads::{self, ThreadBackend};
 use super::uring::UringBackend;
 use crate::error::Error;
 
@@ -23,6 +23,9 @@ pub enum EngineKind {
     Auto,
     Uring,
     Threads,
+    /// Synchronous I/O in the calling thread: for memory-backed file systems (tmpfs), where
+    /// every operation completes at memory speed and io_uring would hand it to a kernel worker.
+    Inline,
 }
 
 /// How to open and drive a disk.
@@ -36,6 +39,9 @@ pub struct DiskConfig {
     /// Registered buffers and their size; larger I/O uses heap buffers.
     pub pool_buffers: u16,
     pub pool_buffer_bytes: usize,
+    /// Recycled large buffers (not registered) and their size; larger I/O allocates.
+    pub large_pool_buffers: u16,
+    pub large_pool_buffer_bytes: usize,
     pub fallback_threads: usize,
     /// Largest chunk written at once when zeroes must be written out.
     pub zero_chunk_bytes: usize,
@@ -50,6 +56,8 @@ impl Default for DiskConfig {
             ring_entries: 256,
             pool_buffers: 256,
             pool_buffer_bytes: 128 << 10,
+            large_pool_buffers: 64,
+            large_pool_buffer_bytes: 1 << 20,
             fallback_threads: 4,
             zero_chunk_bytes: 1 << 20,
         }
@@ -59,6 +67,7 @@ impl Default for DiskConfig {
 enum Backend {
     Uring(UringBackend),
     Threads(ThreadBackend),
+    Inline,
 }
 
 /// An allocation extent of the backing file: `hole` ranges read as zeroes.
@@ -74,6 +83,7 @@ pub struct LocalDisk {
     file: Arc<File>,
     geometry: Geometry,
     pool: Arc<Pool>,
+    large_pool: Arc<Pool>,
     locks: RangeLocks,
     zero_chunk_bytes: usize,
     path: String,
@@ -83,9 +93,14 @@ impl LocalDisk {
     pub fn open(path: &Path, config: &DiskConfig) -> Result<LocalDisk, Error> {
         let (file, geometry) = open::open(path, config.read_only, config.align_bytes_forced)?;
         let file = Arc::new(file);
-        let pool = Pool::new(config.pool_buffers, config.pool_buffer_bytes);
-        let uring = match config.engine {
-            EngineKind::Threads => None,
+        let pool = Pool::registrable(config.pool_buffers, config.pool_buffer_bytes);
+        let large_pool = Pool::plain(config.large_pool_buffers, config.large_pool_buffer_bytes);
+        let mut engine = config.engine;
+        if engine == EngineKind::Auto && open::memory_backed(&file) {
+            engine = EngineKind::Inline;
+        }
+        let uring = match engine {
+            EngineKind::Threads | EngineKind::Inline => None,
             EngineKind::Uring => Some(
                 UringBackend::start(file.clone(), config.ring_entries, Some(pool.clone()))
                     .map_err(Error::Uring)?,
@@ -105,6 +120,7 @@ impl LocalDisk {
         };
         let backend = match uring {
             Some(b) => Backend::Uring(b),
+            None if engine == EngineKind::Inline => Backend::Inline,
             None => Backend::Threads(
                 ThreadBackend::start(file.clone(), config.fallback_threads).map_err(|source| Error::Open {
                     path: path.to_owned(),
@@ -117,7 +133,11 @@ impl LocalDisk {
             size_bytes = geometry.size_bytes,
             align_bytes = geometry.align_bytes,
             direct = geometry.direct,
-            engine = match backend { Backend::Uring(_) => "io_uring", Backend::Threads(_) => "threads" },
+            engine = match backend {
+                Backend::Uring(_) => "io_uring",
+                Backend::Threads(_) => "threads",
+                Backend::Inline => "inline (memory-backed file system)",
+            },
             "disk opened"
         );
         Ok(LocalDisk {
@@ -125,6 +145,7 @@ impl LocalDisk {
             file,
             geometry,
             pool,
+            large_pool,
             locks: RangeLocks::default(),
             zero_chunk_bytes: config.zero_chunk_bytes,
             path: path.display().to_string(),
@@ -146,15 +167,22 @@ impl LocalDisk {
 
     /// An aligned buffer of `len` bytes (registered when small enough and one is free).
     pub fn alloc(&self, len: usize) -> IoBuf {
-        self.pool.take(len).unwrap_or_else(|| IoBuf::heap(len))
+        self.pool
+            .take(len)
+            .or_else(|| self.large_pool.take(len))
+            .unwrap_or_else(|| IoBuf::heap(len))
     }
 
     async fn submit(&self, kind: OpKind, offset: u64) -> Completion {
         let (done, wait) = oneshot::channel();
-        let op = Op { kind, offset, done };
+        let mut op = Op { kind, offset, done };
         match &self.backend {
             Backend::Uring(b) => b.submit(op),
             Backend::Threads(b) => b.submit(op),
+            Backend::Inline => {
+                let result = threads::execute(&self.file, &mut op);
+                op.complete(result);
+            }
         }
         wait.await.unwrap_or(Completion {
             result: Err(std::io::Error::from_raw_os_error(libc::ESHUTDOWN)),

@@ -36,7 +36,7 @@ pub fn open(path: &Path, read_only: bool, align_bytes_forced: Option<u32>) -> Re
     let mut opts = OpenOptions::new();
     opts.read(true).write(!read_only);
     let direct = opts.clone().custom_flags(libc::O_DIRECT).open(path);
-    let (file, mut direct) = match direct {
+    let (file, direct) = match direct {
         Ok(f) => (f, true),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!(
@@ -47,6 +47,15 @@ pub fn open(path: &Path, read_only: bool, align_bytes_forced: Option<u32>) -> Re
             (opts.open(path).map_err(open_err)?, false)
         }
         Err(e) => return Err(open_err(e)),
+    };
+    let (file, direct) = if direct && memory_backed(&file) {
+        // tmpfs keeps data in the page cache whatever we ask: O_DIRECT would only add an
+        // alignment constraint (and read-modify-write for small writes).
+        tracing::info!("{}: memory-backed file system; not using O_DIRECT", path.display());
+        drop(file);
+        (opts.open(path).map_err(open_err)?, false)
+    } else {
+        (file, direct)
     };
     let size_bytes = disk_size(&file).map_err(|e| Error::Size {
         path: path.to_owned(),
@@ -72,14 +81,13 @@ pub fn open(path: &Path, read_only: bool, align_bytes_forced: Option<u32>) -> Re
         );
         drop(file);
         let file = opts.open(path).map_err(open_err)?;
-        direct = false;
         align_bytes = 1;
         return Ok((
             file,
             Geometry {
                 size_bytes,
                 align_bytes,
-                direct,
+                direct: false,
                 block_device,
             },
         ));
@@ -141,4 +149,18 @@ fn statx_dio_offset_align(file: &File) -> Option<u32> {
         return None;
     }
     Some(stx.stx_dio_offset_align)
+}
+
+/// True for file systems whose I/O completes at memory speed (tmpfs, ramfs).
+pub fn memory_backed(file: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: statfs is plain old data; zeroed is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and a live output struct.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    let kind = st.f_type as i64;
+    kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
 }

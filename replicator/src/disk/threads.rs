@@ -44,7 +44,8 @@ impl ThreadBackend {
     }
 }
 
-fn execute(file: &File, op: &mut Op) -> io::Result<()> {
+/// Executes one operation synchronously in the calling thread.
+pub fn execute(file: &File, op: &mut Op) -> io::Result<()> {
     match &mut op.kind {
         OpKind::Read { buf } => file.read_exact_at(buf.as_mut(), op.offset),
         OpKind::Write { buf, dsync } => {
