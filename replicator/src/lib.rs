@@ -2,5 +2,6 @@
 
 pub mod disk;
 pub mod error;
+pub mod meta;
 
 pub use error::Error;
