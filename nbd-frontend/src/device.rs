@@ -59,26 +59,44 @@ pub trait BlockDevice: Send + Sync + 'static {
     fn alloc(&self, len: usize) -> Self::Buf;
 
     /// Fills `buf` from `offset`.
-    fn read(&self, offset: u64, buf: Self::Buf)
-        -> impl Future<Output = Result<Self::Buf, DeviceError>> + Send;
+    fn read(
+        &self,
+        offset: u64,
+        buf: Self::Buf,
+    ) -> impl Future<Output = Result<Self::Buf, DeviceError>> + Send;
 
     /// Writes `buf` at `offset`; with `fua` the data is durable when this returns.
-    fn write(&self, offset: u64, buf: Self::Buf, fua: bool)
-        -> impl Future<Output = Result<(), DeviceError>> + Send;
+    fn write(
+        &self,
+        offset: u64,
+        buf: Self::Buf,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send;
 
     /// Makes every write completed before this call durable.
     fn flush(&self) -> impl Future<Output = Result<(), DeviceError>> + Send;
 
     /// Discards a range (reads after it return zeroes in this implementation family).
-    fn trim(&self, offset: u64, len: u32, fua: bool)
-        -> impl Future<Output = Result<(), DeviceError>> + Send;
+    fn trim(
+        &self,
+        offset: u64,
+        len: u32,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send;
 
-    fn write_zeroes(&self, offset: u64, len: u32, flags: ZeroFlags)
-        -> impl Future<Output = Result<(), DeviceError>> + Send;
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        flags: ZeroFlags,
+    ) -> impl Future<Output = Result<(), DeviceError>> + Send;
 
     /// Allocation status (`base:allocation`) of a range, as extents starting at `offset`.
-    fn block_status(&self, offset: u64, len: u32)
-        -> impl Future<Output = Result<Vec<Extent>, DeviceError>> + Send;
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u32,
+    ) -> impl Future<Output = Result<Vec<Extent>, DeviceError>> + Send;
 
     /// A client finished the handshake and wants to use the export. `Err` refuses it with a
     /// message the client sees (e.g. "this node is Secondary").

@@ -7,7 +7,9 @@ use std::io;
 pub enum CodecError {
     #[error("client flags {0:#x} carry bits this server did not offer")]
     UnknownClientFlags(u32),
-    #[error("client does not speak fixed newstyle negotiation (oldstyle clients are not supported)")]
+    #[error(
+        "client does not speak fixed newstyle negotiation (oldstyle clients are not supported)"
+    )]
     NotFixedNewstyle,
     #[error("bad option magic {0:#018x} (expected IHAVEOPT)")]
     BadOptionMagic(u64),

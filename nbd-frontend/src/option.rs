@@ -88,7 +88,10 @@ pub enum ClientOption {
     /// An option we do not implement: answered with NBD_REP_ERR_UNSUP, the session goes on.
     Unsupported(u32),
     /// A known option whose data is malformed: answered with NBD_REP_ERR_INVALID.
-    Invalid { option: u32, reason: &'static str },
+    Invalid {
+        option: u32,
+        reason: &'static str,
+    },
 }
 
 impl ClientOption {
@@ -305,7 +308,10 @@ mod tests {
     #[test]
     fn unknown_options_are_unsupported() {
         assert_eq!(ClientOption::parse(11, &[]), ClientOption::Unsupported(11));
-        assert_eq!(ClientOption::parse(0xdead, &[1, 2]), ClientOption::Unsupported(0xdead));
+        assert_eq!(
+            ClientOption::parse(0xdead, &[1, 2]),
+            ClientOption::Unsupported(0xdead)
+        );
     }
 
     #[test]

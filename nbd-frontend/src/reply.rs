@@ -54,7 +54,13 @@ pub struct Extent {
 /// Appends a final NBD_REPLY_TYPE_BLOCK_STATUS chunk for one meta context.
 pub fn put_block_status(out: &mut Vec<u8>, cookie: u64, context_id: u32, extents: &[Extent]) {
     let length = 4 + 8 * extents.len() as u32;
-    put_chunk_header(out, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, cookie, length);
+    put_chunk_header(
+        out,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS,
+        cookie,
+        length,
+    );
     out.put_u32(context_id);
     for e in extents {
         out.put_u32(e.length);

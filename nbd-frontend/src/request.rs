@@ -115,7 +115,12 @@ pub struct ExportRules {
 pub fn validate(req: &Request, rules: &ExportRules) -> Result<(), Errno> {
     let allowed_flags = match req.command {
         Command::Read => {
-            CMD_FLAG_FUA | if rules.structured_replies { CMD_FLAG_DF } else { 0 }
+            CMD_FLAG_FUA
+                | if rules.structured_replies {
+                    CMD_FLAG_DF
+                } else {
+                    0
+                }
         }
         Command::Write | Command::Trim | Command::Flush | Command::Cache => CMD_FLAG_FUA,
         Command::WriteZeroes => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
@@ -190,9 +195,18 @@ mod tests {
 
     #[test]
     fn range_errors_follow_the_spec() {
-        assert_eq!(validate(&req(Command::Read, 0, 1 << 20, 1), &RULES), Err(Errno::Inval));
-        assert_eq!(validate(&req(Command::Write, 0, (1 << 20) - 1, 2), &RULES), Err(Errno::NoSpc));
-        assert_eq!(validate(&req(Command::WriteZeroes, 0, u64::MAX, 2), &RULES), Err(Errno::NoSpc));
+        assert_eq!(
+            validate(&req(Command::Read, 0, 1 << 20, 1), &RULES),
+            Err(Errno::Inval)
+        );
+        assert_eq!(
+            validate(&req(Command::Write, 0, (1 << 20) - 1, 2), &RULES),
+            Err(Errno::NoSpc)
+        );
+        assert_eq!(
+            validate(&req(Command::WriteZeroes, 0, u64::MAX, 2), &RULES),
+            Err(Errno::NoSpc)
+        );
         assert_eq!(validate(&req(Command::Trim, 0, 0, 1 << 20), &RULES), Ok(()));
         assert_eq!(validate(&req(Command::Read, 0, 0, 1 << 20), &RULES), Ok(()));
     }
@@ -203,11 +217,28 @@ mod tests {
             size_bytes: 1 << 40,
             ..RULES
         };
-        assert_eq!(validate(&req(Command::Read, 0, 0, (32 << 20) + 1), &big), Err(Errno::Inval));
-        assert_eq!(validate(&req(Command::Read, CMD_FLAG_NO_HOLE, 0, 1), &RULES), Err(Errno::Inval));
-        assert_eq!(validate(&req(Command::Unknown(99), 0, 0, 0), &RULES), Err(Errno::Inval));
         assert_eq!(
-            validate(&req(Command::WriteZeroes, CMD_FLAG_FAST_ZERO | CMD_FLAG_NO_HOLE, 0, 1), &RULES),
+            validate(&req(Command::Read, 0, 0, (32 << 20) + 1), &big),
+            Err(Errno::Inval)
+        );
+        assert_eq!(
+            validate(&req(Command::Read, CMD_FLAG_NO_HOLE, 0, 1), &RULES),
+            Err(Errno::Inval)
+        );
+        assert_eq!(
+            validate(&req(Command::Unknown(99), 0, 0, 0), &RULES),
+            Err(Errno::Inval)
+        );
+        assert_eq!(
+            validate(
+                &req(
+                    Command::WriteZeroes,
+                    CMD_FLAG_FAST_ZERO | CMD_FLAG_NO_HOLE,
+                    0,
+                    1
+                ),
+                &RULES
+            ),
             Ok(())
         );
     }

@@ -93,7 +93,10 @@ impl BlockDevice for ServedDisk {
     }
 
     async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> Result<(), DeviceError> {
-        self.disk.write(offset, buf, fua).await.map_err(device_error)
+        self.disk
+            .write(offset, buf, fua)
+            .await
+            .map_err(device_error)
     }
 
     async fn flush(&self) -> Result<(), DeviceError> {

@@ -5,7 +5,10 @@ use tokio::sync::watch;
 
 /// Sets `stop` to true at the first SIGINT or SIGTERM.
 pub async fn stop_on_signal(stop: watch::Sender<bool>) {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };

@@ -65,7 +65,10 @@ pub async fn run<D: BlockDevice>(
     config: ServerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    assert!(config.request_bytes_max >= 1 << 20, "maximum block size below 1 MiB");
+    assert!(
+        config.request_bytes_max >= 1 << 20,
+        "maximum block size below 1 MiB"
+    );
     assert!(u64::from(config.request_bytes_max) <= config.inflight_bytes_max);
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.connections_max as usize));

@@ -203,7 +203,10 @@ impl<D: BlockDevice> Negotiation<'_, D> {
     /// Answers INFO or GO; returns false (after an error reply) when the export is unknown.
     fn info(&self, out: &mut Vec<u8>, opt: u32, req: &InfoRequest) -> bool {
         if !self.name_matches(&req.name) {
-            let msg = format!("no export named {:?}; try {:?}", req.name, self.config.export_name);
+            let msg = format!(
+                "no export named {:?}; try {:?}",
+                req.name, self.config.export_name
+            );
             option::put_option_error(out, opt, REP_ERR_UNKNOWN, &msg);
             return false;
         }
@@ -250,7 +253,11 @@ impl<D: BlockDevice> Negotiation<'_, D> {
         let wanted = if set {
             req.queries.iter().any(|q| q == BASE_ALLOCATION)
         } else {
-            req.queries.is_empty() || req.queries.iter().any(|q| q == "base:" || q == BASE_ALLOCATION)
+            req.queries.is_empty()
+                || req
+                    .queries
+                    .iter()
+                    .any(|q| q == "base:" || q == BASE_ALLOCATION)
         };
         if set {
             self.base_allocation = wanted;

@@ -223,7 +223,8 @@ where
                     continue;
                 }
             } else {
-                if self.inflight.len() >= self.requests_max || self.inflight_bytes >= self.bytes_max {
+                if self.inflight.len() >= self.requests_max || self.inflight_bytes >= self.bytes_max
+                {
                     return progress; // a completion will wake us
                 }
                 if self.buffered().len() >= REQUEST_HEADER_BYTES {
@@ -240,10 +241,16 @@ where
                 Some(Ok(0)) => {
                     let partial = self.discard_bytes > 0 || !self.buffered().is_empty();
                     if partial {
-                        let e = io::Error::new(io::ErrorKind::UnexpectedEof, "client vanished mid-request");
+                        let e = io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "client vanished mid-request",
+                        );
                         self.stop_reading(Err(e.into()));
                     } else {
-                        tracing::info!(peer = &*self.peer, "NBD client closed the connection without NBD_CMD_DISC");
+                        tracing::info!(
+                            peer = &*self.peer,
+                            "NBD client closed the connection without NBD_CMD_DISC"
+                        );
                         self.stop_reading(Ok(()));
                     }
                     return true;
@@ -294,7 +301,10 @@ where
         match read {
             None => None,
             Some(Ok(0)) => {
-                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "client vanished in the middle of a write payload");
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client vanished in the middle of a write payload",
+                );
                 self.stop_reading(Err(e.into()));
                 Some(true)
             }
@@ -336,7 +346,11 @@ where
             Command::Write => {
                 self.inflight_bytes += u64::from(req.length);
                 let buf = self.device.alloc(req.length as usize);
-                self.payload = Some(PayloadIn { req, buf, filled: 0 });
+                self.payload = Some(PayloadIn {
+                    req,
+                    buf,
+                    filled: 0,
+                });
             }
             Command::Read => {
                 self.inflight_bytes += u64::from(req.length);
@@ -464,7 +478,10 @@ where
 
 fn refusal_reason(req: &Request, rules: &ExportRules) -> &'static str {
     let end = req.offset.checked_add(u64::from(req.length));
-    let writes = matches!(req.command, Command::Write | Command::Trim | Command::WriteZeroes);
+    let writes = matches!(
+        req.command,
+        Command::Write | Command::Trim | Command::WriteZeroes
+    );
     if matches!(req.command, Command::Unknown(_)) {
         "unknown command"
     } else if rules.read_only && writes {
@@ -488,7 +505,9 @@ async fn execute<D: BlockDevice>(
     let fua = req.fua();
     match req.command {
         Command::Read => {
-            let buf = device.read(req.offset, device.alloc(req.length as usize)).await?;
+            let buf = device
+                .read(req.offset, device.alloc(req.length as usize))
+                .await?;
             Ok(Body::Data(buf))
         }
         Command::Write => {
@@ -497,7 +516,10 @@ async fn execute<D: BlockDevice>(
             Ok(Body::Done)
         }
         Command::Flush => device.flush().await.map(|()| Body::Done),
-        Command::Trim => device.trim(req.offset, req.length, fua).await.map(|()| Body::Done),
+        Command::Trim => device
+            .trim(req.offset, req.length, fua)
+            .await
+            .map(|()| Body::Done),
         Command::WriteZeroes => {
             let flags = ZeroFlags {
                 may_trim: req.flags & CMD_FLAG_NO_HOLE == 0,
@@ -540,7 +562,12 @@ fn clamp_extents(extents: &mut Vec<Extent>, length: u32, req_one: bool) {
     }
 }
 
-fn encode_header<B: AsRef<[u8]>>(out: &mut Vec<u8>, req: &Request, body: &Body<B>, structured: bool) {
+fn encode_header<B: AsRef<[u8]>>(
+    out: &mut Vec<u8>,
+    req: &Request,
+    body: &Body<B>,
+    structured: bool,
+) {
     let cookie = req.cookie;
     match (body, structured) {
         (Body::Error(errno, msg), true) => reply::put_structured_error(out, cookie, *errno, msg),
@@ -564,19 +591,43 @@ mod tests {
     #[test]
     fn extents_are_clamped_to_the_request() {
         let mut e = vec![
-            Extent { length: 0, flags: 3 },
-            Extent { length: 4096, flags: 0 },
-            Extent { length: 8192, flags: 3 },
+            Extent {
+                length: 0,
+                flags: 3,
+            },
+            Extent {
+                length: 4096,
+                flags: 0,
+            },
+            Extent {
+                length: 8192,
+                flags: 3,
+            },
         ];
         clamp_extents(&mut e, 6000, false);
         assert_eq!(
             e,
-            vec![Extent { length: 4096, flags: 0 }, Extent { length: 1904, flags: 3 }]
+            vec![
+                Extent {
+                    length: 4096,
+                    flags: 0
+                },
+                Extent {
+                    length: 1904,
+                    flags: 3
+                }
+            ]
         );
         clamp_extents(&mut e, 6000, true);
         assert_eq!(e.len(), 1);
         let mut none = Vec::new();
         clamp_extents(&mut none, 512, false);
-        assert_eq!(none, vec![Extent { length: 512, flags: 0 }]);
+        assert_eq!(
+            none,
+            vec![Extent {
+                length: 512,
+                flags: 0
+            }]
+        );
     }
 }

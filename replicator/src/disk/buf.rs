@@ -92,7 +92,12 @@ impl Drop for IoBuf {
 
 impl std::fmt::Debug for IoBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IoBuf({} bytes, fixed={:?})", self.len, self.fixed_index())
+        write!(
+            f,
+            "IoBuf({} bytes, fixed={:?})",
+            self.len,
+            self.fixed_index()
+        )
     }
 }
 
@@ -169,7 +174,10 @@ impl Pool {
 
     fn release(&self, index: u16) {
         let mut free = self.free.lock().expect("pool lock");
-        assert!(free.len() < usize::from(self.count), "buffer released twice");
+        assert!(
+            free.len() < usize::from(self.count),
+            "buffer released twice"
+        );
         free.push(index);
     }
 }

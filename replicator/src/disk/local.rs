@@ -122,9 +122,11 @@ impl LocalDisk {
             Some(b) => Backend::Uring(b),
             None if engine == EngineKind::Inline => Backend::Inline,
             None => Backend::Threads(
-                ThreadBackend::start(file.clone(), config.fallback_threads).map_err(|source| Error::Open {
-                    path: path.to_owned(),
-                    source,
+                ThreadBackend::start(file.clone(), config.fallback_threads).map_err(|source| {
+                    Error::Open {
+                        path: path.to_owned(),
+                        source,
+                    }
                 })?,
             ),
         };
@@ -222,7 +224,10 @@ impl LocalDisk {
 
     fn check_range(&self, offset: u64, len: u64) {
         let end = offset.checked_add(len).expect("range end overflows");
-        assert!(end <= self.geometry.size_bytes, "I/O past the end of the disk");
+        assert!(
+            end <= self.geometry.size_bytes,
+            "I/O past the end of the disk"
+        );
     }
 
     /// Reads `buf.len()` bytes at `offset`.
@@ -236,9 +241,12 @@ impl LocalDisk {
         if start == offset && end == offset + len {
             return self.raw_read(offset, buf).await;
         }
-        let bounce = self.raw_read(start, self.alloc((end - start) as usize)).await?;
+        let bounce = self
+            .raw_read(start, self.alloc((end - start) as usize))
+            .await?;
         let skip = (offset - start) as usize;
-        buf.as_mut().copy_from_slice(&bounce.as_ref()[skip..skip + len as usize]);
+        buf.as_mut()
+            .copy_from_slice(&bounce.as_ref()[skip..skip + len as usize]);
         Ok(buf)
     }
 
@@ -286,7 +294,9 @@ impl LocalDisk {
     }
 
     async fn fallocate(&self, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
-        self.submit(OpKind::Fallocate { mode, len }, offset).await.result
+        self.submit(OpKind::Fallocate { mode, len }, offset)
+            .await
+            .result
     }
 
     /// Discards a range. Deallocation is best effort (trim is advisory), but when it happens the
@@ -302,7 +312,14 @@ impl LocalDisk {
         match self.fallocate(mode, offset, len).await {
             Ok(()) => {}
             Err(e) if unsupported(&e) => {}
-            Err(source) => return Err(Error::Io { op: "trim", offset, len, source }),
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "trim",
+                    offset,
+                    len,
+                    source,
+                })
+            }
         }
         drop(guard);
         if fua {
@@ -344,7 +361,14 @@ impl LocalDisk {
                         break;
                     }
                     Err(e) if unsupported(&e) => continue,
-                    Err(source) => return Err(Error::Io { op: "write-zeroes", offset, len, source }),
+                    Err(source) => {
+                        return Err(Error::Io {
+                            op: "write-zeroes",
+                            offset,
+                            len,
+                            source,
+                        })
+                    }
                 }
             }
             if !done {
@@ -381,7 +405,10 @@ impl LocalDisk {
         self.check_range(offset, len);
         let end = offset + len;
         if self.geometry.block_device || len == 0 {
-            return Ok(vec![Extent { length_bytes: len, hole: false }]);
+            return Ok(vec![Extent {
+                length_bytes: len,
+                hole: false,
+            }]);
         }
         let fd = self.file.as_raw_fd();
         let seek = |from: u64, whence| -> Result<Option<u64>, Error> {
@@ -394,7 +421,12 @@ impl LocalDisk {
             if e.raw_os_error() == Some(libc::ENXIO) {
                 return Ok(None);
             }
-            Err(Error::Io { op: "lseek", offset: from, len: 0, source: e })
+            Err(Error::Io {
+                op: "lseek",
+                offset: from,
+                len: 0,
+                source: e,
+            })
         };
         let mut out = Vec::new();
         let mut at = offset;
@@ -402,13 +434,19 @@ impl LocalDisk {
             let data = seek(at, libc::SEEK_DATA)?.unwrap_or(u64::MAX);
             if data > at {
                 let stop = data.min(end);
-                out.push(Extent { length_bytes: stop - at, hole: true });
+                out.push(Extent {
+                    length_bytes: stop - at,
+                    hole: true,
+                });
                 at = stop;
                 continue;
             }
             let hole = seek(at, libc::SEEK_HOLE)?.unwrap_or(self.geometry.size_bytes);
             let stop = hole.min(end).max(at + 1);
-            out.push(Extent { length_bytes: stop - at, hole: false });
+            out.push(Extent {
+                length_bytes: stop - at,
+                hole: false,
+            });
             at = stop;
         }
         Ok(out)
@@ -416,5 +454,8 @@ impl LocalDisk {
 }
 
 fn unsupported(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+    )
 }

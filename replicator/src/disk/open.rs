@@ -20,7 +20,11 @@ pub struct Geometry {
 
 /// Opens `path`, preferring O_DIRECT. `align_bytes_forced` overrides the detected alignment
 /// (tests use it to exercise read-modify-write).
-pub fn open(path: &Path, read_only: bool, align_bytes_forced: Option<u32>) -> Result<(File, Geometry), Error> {
+pub fn open(
+    path: &Path,
+    read_only: bool,
+    align_bytes_forced: Option<u32>,
+) -> Result<(File, Geometry), Error> {
     let open_err = |source| Error::Open {
         path: path.to_owned(),
         source,
@@ -51,7 +55,10 @@ pub fn open(path: &Path, read_only: bool, align_bytes_forced: Option<u32>) -> Re
     let (file, direct) = if direct && memory_backed(&file) {
         // tmpfs keeps data in the page cache whatever we ask: O_DIRECT would only add an
         // alignment constraint (and read-modify-write for small writes).
-        tracing::info!("{}: memory-backed file system; not using O_DIRECT", path.display());
+        tracing::info!(
+            "{}: memory-backed file system; not using O_DIRECT",
+            path.display()
+        );
         drop(file);
         (opts.open(path).map_err(open_err)?, false)
     } else {

@@ -57,7 +57,8 @@ pub fn execute(file: &File, op: &mut Op) -> io::Result<()> {
         }
         OpKind::Fsync => file.sync_data(),
         &mut OpKind::Fallocate { mode, len } => {
-            let off = i64::try_from(op.offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            let off =
+                i64::try_from(op.offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             // SAFETY: plain syscall on a file descriptor we keep open.
             let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) };

@@ -30,7 +30,12 @@ impl Shared {
             let one = 1u64.to_ne_bytes();
             // SAFETY: writing 8 bytes from a live buffer to an eventfd we own.
             let rc = unsafe { libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), 8) };
-            assert_eq!(rc, 8, "eventfd write failed: {}", io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                8,
+                "eventfd write failed: {}",
+                io::Error::last_os_error()
+            );
         }
     }
 }
@@ -44,7 +49,11 @@ pub struct UringBackend {
 
 impl UringBackend {
     /// Starts the ring thread. Fails when io_uring is unavailable, so the caller can fall back.
-    pub fn start(file: Arc<File>, entries: u32, pool: Option<Arc<Pool>>) -> io::Result<UringBackend> {
+    pub fn start(
+        file: Arc<File>,
+        entries: u32,
+        pool: Option<Arc<Pool>>,
+    ) -> io::Result<UringBackend> {
         let ring = IoUring::new(entries)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
@@ -78,22 +87,24 @@ impl UringBackend {
         });
         let (tx, rx) = mpsc::channel();
         let thread_shared = shared.clone();
-        let thread = thread::Builder::new().name("urbd-ring".into()).spawn(move || {
-            let mut r = Ring {
-                ring,
-                fd: file.as_raw_fd(),
-                registered,
-                slots: Vec::new(),
-                free: Vec::new(),
-                backlog: VecDeque::new(),
-                inflight: 0,
-            };
-            r.run(&rx, &thread_shared);
-            // The file and pool must outlive the ring (drop order: ring first).
-            drop(r);
-            drop(file);
-            drop(pool);
-        })?;
+        let thread = thread::Builder::new()
+            .name("urbd-ring".into())
+            .spawn(move || {
+                let mut r = Ring {
+                    ring,
+                    fd: file.as_raw_fd(),
+                    registered,
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    backlog: VecDeque::new(),
+                    inflight: 0,
+                };
+                r.run(&rx, &thread_shared);
+                // The file and pool must outlive the ring (drop order: ring first).
+                drop(r);
+                drop(file);
+                drop(pool);
+            })?;
         Ok(UringBackend {
             tx: Some(tx),
             shared,
@@ -105,7 +116,9 @@ impl UringBackend {
         let tx = self.tx.as_ref().expect("sender lives until drop");
         match tx.send(op) {
             Ok(()) => self.shared.wake(),
-            Err(mpsc::SendError(op)) => op.complete(Err(io::Error::from_raw_os_error(libc::ESHUTDOWN))),
+            Err(mpsc::SendError(op)) => {
+                op.complete(Err(io::Error::from_raw_os_error(libc::ESHUTDOWN)))
+            }
         }
     }
 }
@@ -163,9 +176,13 @@ impl Ring {
         let mut closing = false;
         loop {
             if !efd_armed && !closing {
-                let sqe = opcode::Read::new(types::Fd(shared.eventfd.as_raw_fd()), efd_buf.as_mut_ptr(), 8)
-                    .build()
-                    .user_data(EVENTFD_TOKEN);
+                let sqe = opcode::Read::new(
+                    types::Fd(shared.eventfd.as_raw_fd()),
+                    efd_buf.as_mut_ptr(),
+                    8,
+                )
+                .build()
+                .user_data(EVENTFD_TOKEN);
                 self.push(sqe);
                 efd_armed = true;
             }
@@ -195,8 +212,11 @@ impl Ring {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => panic!("io_uring submit failed: {e}"),
             }
-            let completions: Vec<(u64, i32)> =
-                self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+            let completions: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
             for (token, result) in completions {
                 if token == EVENTFD_TOKEN {
                     efd_armed = false;
@@ -251,7 +271,9 @@ impl Ring {
                 // SAFETY: done < len, so the pointer stays inside the buffer.
                 let ptr = unsafe { buf.as_mut_ptr().add(done) };
                 match buf.fixed_index().filter(|_| registered) {
-                    Some(i) => opcode::ReadFixed::new(fd, ptr, len, i).offset(offset).build(),
+                    Some(i) => opcode::ReadFixed::new(fd, ptr, len, i)
+                        .offset(offset)
+                        .build(),
                     None => opcode::Read::new(fd, ptr, len).offset(offset).build(),
                 }
             }
@@ -283,7 +305,9 @@ impl Ring {
     }
 
     fn complete(&mut self, slot: usize, result: i32) {
-        let entry = self.slots[slot].as_mut().expect("completion for a slot in use");
+        let entry = self.slots[slot]
+            .as_mut()
+            .expect("completion for a slot in use");
         if result >= 0 {
             let total = match &entry.op.kind {
                 OpKind::Read { buf } | OpKind::Write { buf, .. } => buf.len(),
@@ -292,10 +316,13 @@ impl Ring {
             entry.done_bytes += result as usize;
             if entry.done_bytes < total {
                 if result == 0 {
-                    return self.finish(slot, Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "short transfer: end of the disk reached",
-                    )));
+                    return self.finish(
+                        slot,
+                        Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "short transfer: end of the disk reached",
+                        )),
+                    );
                 }
                 // Short transfer (rare: signals, some filesystems): continue where it stopped.
                 self.backlog.push_back(slot);

@@ -4,7 +4,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "urbd", version, about = "urbd: a userspace replicated block device")]
+#[command(
+    name = "urbd",
+    version,
+    about = "urbd: a userspace replicated block device"
+)]
 struct Cli {
     /// Worker threads for networking (the disk engine has its own thread).
     #[arg(long, global = true, default_value_t = 2)]

@@ -1,0 +1,468 @@
+//! The replication core: a deterministic, sans-IO state machine. No tokio, no files, no clock:
+//! `step(now_ms, input)` takes one input (a client request, a peer message, a disk completion,
+//! a tick, an operator command) and returns the actions to perform, in order (write locally,
+//! send a frame, ack a client, persist metadata, emit an event). The daemon drives it with real
+//! sockets and io_uring; the simulator drives the very same code with simulated ones.
+//!
+//! Roles and states change only here, in `step`, which dispatches per role and replication
+//! state (`step_primary`, `step_secondary`, `step_sync_source`, `step_sync_target`).
+//! PROTOCOL.md §5 (write path), §6 (liveness) and §7 (resync, decisions) are the spec.
+
+mod admin;
+mod conflicts;
+mod connection;
+pub mod decision;
+mod primary;
+mod resync;
+mod secondary;
+#[cfg(test)]
+mod tests;
+mod types;
+
+use std::collections::{BTreeMap, HashMap};
+
+use urbd_protocol::{
+    ConnectionState, DiskState, GenerationUuids, ReplicationProtocol, ReplicationState, Role,
+};
+
+pub use conflicts::Conflicts;
+pub use types::*;
+
+use crate::meta::Bitmap;
+
+/// Low bits of a frame key hold the frame's seq; the high bits the connection epoch.
+const FRAME_KEY_SEQ_BITS: u32 = 44;
+
+fn seq_of_key(key: u64) -> u64 {
+    key & ((1 << FRAME_KEY_SEQ_BITS) - 1)
+}
+
+/// Fixed parameters of one resource on one node.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub node_name: String,
+    pub peer_name: String,
+    pub protocol: ReplicationProtocol,
+    pub data_size_bytes: u64,
+    pub bytes_per_bit: u32,
+    /// A peer request (write, flush) unanswered this long: the peer is lost.
+    pub timeout_ms: u64,
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    /// Largest resync request; a multiple of `bytes_per_bit`.
+    pub resync_chunk_bytes: u32,
+    pub resync_inflight_max: usize,
+    /// Operations that may wait behind overlapping ones.
+    pub conflicts_waiting_max: usize,
+    /// Activity-log extents kept hot, and their size.
+    pub al_extents: usize,
+    pub al_extent_bytes: u64,
+    /// Seeds new generation UUIDs (random in the daemon, the seed in the simulator): the core
+    /// itself has no randomness, so a run replays exactly.
+    pub uuid_seed: u64,
+}
+
+/// Metadata the core starts from (read from the superblock).
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub uuids: GenerationUuids,
+    pub disk: DiskState,
+    /// The node was Primary and did not shut down cleanly.
+    pub crashed_primary: bool,
+    pub bitmap: Bitmap,
+    /// Activity-log extents hot at the crash (resynced when `crashed_primary`).
+    pub al_extents: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClientWrite {
+    offset_bytes: u64,
+    len_bytes: u64,
+    local_done: bool,
+    local_ok: bool,
+    /// Seq of the data frame sent for it, until the peer acks it (or is lost).
+    peer_seq: Option<u64>,
+    peer_received: bool,
+    acked: bool,
+    sent_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClientFlush {
+    local_done: bool,
+    local_ok: bool,
+    peer_waiting: bool,
+    sent_ms: u64,
+}
+
+/// Who holds a range in the conflict tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Client(u64),
+    ResyncRead(u64),
+    Peer(u64),
+    ResyncWrite(u64),
+}
+
+/// The state machine of one resource on one node.
+pub struct Core {
+    cfg: CoreConfig,
+    now_ms: u64,
+    role: Role,
+    disk: DiskState,
+    conn: ConnectionState,
+    repl: ReplicationState,
+    peer: Option<PeerView>,
+    uuids: GenerationUuids,
+    crashed_primary: bool,
+    split_brain: bool,
+    discard_my_data: bool,
+    /// Stay StandAlone after the link drops (operator disconnect, split brain, unrelated data).
+    standalone_sticky: bool,
+    /// A promotion waiting for the peer's PromoteReply (`force` flag).
+    promoting: Option<bool>,
+    bitmap: Bitmap,
+    al_hot: Vec<u64>,
+    clients: u32,
+    /// Counts connections; tags work that belongs to one.
+    epoch: u64,
+    data_seq_next: u64,
+    uuid_counter: u64,
+    conflicts: Conflicts<Owner>,
+    // Primary side.
+    client_writes: HashMap<u64, ClientWrite>,
+    waiting_clients: HashMap<u64, ClientRequest>,
+    /// Data frames not yet acknowledged by the peer: seq → client id (or resync offset).
+    peer_pending: BTreeMap<u64, PeerPending>,
+    client_flushes: HashMap<u64, ClientFlush>,
+    // Secondary side.
+    peer_writes: HashMap<u64, PeerWrite>,
+    peer_flushes: Vec<(u64, u64)>,
+    // Resync.
+    resync: Option<resync::Resync>,
+    // Liveness.
+    last_rx_ms: u64,
+    ping_sent_ms: Option<u64>,
+    last_ping_ms: u64,
+    actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PeerPending {
+    Client(u64),
+    Resync {
+        offset_bytes: u64,
+        len_bytes: u64,
+    },
+    /// A client write already answered (protocol A/B) whose peer copy is not yet confirmed.
+    Answered {
+        offset_bytes: u64,
+        len_bytes: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PeerWrite {
+    /// The connection it arrived on: acks for an earlier connection's writes are never sent.
+    epoch: u64,
+    offset_bytes: u64,
+    len_bytes: u64,
+    fua: bool,
+    zero: bool,
+    resync: bool,
+}
+
+impl Core {
+    /// A core for a node that just started (role Secondary, not connected).
+    pub fn new(cfg: CoreConfig, restored: Restored) -> Core {
+        assert!(cfg.bytes_per_bit.is_power_of_two());
+        assert!(cfg.resync_chunk_bytes % cfg.bytes_per_bit == 0 && cfg.resync_chunk_bytes > 0);
+        let mut core = Core {
+            conflicts: Conflicts::new(cfg.conflicts_waiting_max),
+            cfg,
+            now_ms: 0,
+            role: Role::Secondary,
+            disk: restored.disk,
+            conn: ConnectionState::StandAlone,
+            repl: ReplicationState::Off,
+            peer: None,
+            uuids: restored.uuids,
+            crashed_primary: restored.crashed_primary,
+            split_brain: false,
+            discard_my_data: false,
+            standalone_sticky: false,
+            promoting: None,
+            bitmap: restored.bitmap,
+            al_hot: Vec::new(),
+            clients: 0,
+            epoch: 0,
+            data_seq_next: 0,
+            uuid_counter: 0,
+            client_writes: HashMap::new(),
+            waiting_clients: HashMap::new(),
+            peer_pending: BTreeMap::new(),
+            client_flushes: HashMap::new(),
+            peer_writes: HashMap::new(),
+            peer_flushes: Vec::new(),
+            resync: None,
+            last_rx_ms: 0,
+            ping_sent_ms: None,
+            last_ping_ms: 0,
+            actions: Vec::new(),
+        };
+        if core.crashed_primary {
+            // The extents hot at the crash may differ from the peer: they will be resynced.
+            for extent in restored.al_extents {
+                let off = extent * core.cfg.al_extent_bytes;
+                let len = core
+                    .cfg
+                    .al_extent_bytes
+                    .min(core.cfg.data_size_bytes.saturating_sub(off));
+                if len > 0 {
+                    core.bitmap.set_range(off, len);
+                }
+            }
+        }
+        core
+    }
+
+    /// Feeds one input at time `now_ms` and returns the actions to perform, in order.
+    pub fn step(&mut self, now_ms: u64, input: Input) -> Vec<Action> {
+        assert!(now_ms >= self.now_ms, "time went backwards");
+        self.now_ms = now_ms;
+        match input {
+            Input::Tick => self.on_tick(),
+            Input::Admin(cmd) => self.on_admin(cmd),
+            Input::ClientAttached => self.clients += 1,
+            Input::ClientDetached => {
+                assert!(self.clients > 0, "client detached twice");
+                self.clients -= 1;
+            }
+            Input::PeerConnected {
+                peer,
+                data_seq_next,
+            } => self.on_peer_connected(peer, data_seq_next),
+            Input::PeerLost { reason } => self.on_peer_lost(&reason),
+            Input::Client(req) => match self.role {
+                Role::Primary => self.step_primary(req),
+                _ => self.refuse_client(req),
+            },
+            Input::PeerMessage { seq, msg } => {
+                self.last_rx_ms = now_ms;
+                self.on_peer_message(seq, msg);
+            }
+            Input::LocalDone { io, ok } => self.on_local_done(io, ok),
+        }
+        self.check_invariants();
+        std::mem::take(&mut self.actions)
+    }
+
+    fn on_peer_message(&mut self, seq: u64, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Ping => self.send_meta(PeerMsg::PingAck),
+            PeerMsg::PingAck => self.ping_sent_ms = None,
+            PeerMsg::State(view) => self.on_peer_state(view),
+            PeerMsg::RecvAck { .. }
+            | PeerMsg::WriteAck { .. }
+            | PeerMsg::NegAck { .. }
+            | PeerMsg::FlushAck { .. } => self.on_peer_ack(msg),
+            PeerMsg::Data { .. } | PeerMsg::Zero { .. } | PeerMsg::FlushReq { .. } => {
+                self.step_secondary(seq, msg)
+            }
+            PeerMsg::ResyncData { .. } | PeerMsg::ResyncDone | PeerMsg::SyncUuid { .. } => {
+                self.step_sync_target(seq, msg)
+            }
+            PeerMsg::PromoteRequest
+            | PeerMsg::PromoteReply { .. }
+            | PeerMsg::NewCurrentUuid { .. } => self.on_peer_admin(msg),
+        }
+    }
+
+    fn on_local_done(&mut self, io: LocalIo, ok: bool) {
+        match io {
+            LocalIo::Client(id) => self.client_write_done(id, ok),
+            LocalIo::ClientFlush(id) => self.client_flush_done(id, ok),
+            LocalIo::Peer(seq) | LocalIo::ResyncWrite(seq) => self.peer_write_done(seq, ok),
+            LocalIo::PeerFlush(flush_id) => self.peer_flush_done(flush_id, ok),
+            LocalIo::ResyncRead(offset) => self.step_sync_source_read_done(offset, ok),
+        }
+    }
+
+    fn emit(&mut self, action: Action) {
+        self.actions.push(action);
+    }
+
+    fn event(&mut self, event: Event) {
+        self.actions.push(Action::Event(event));
+    }
+
+    /// Sends a frame on the data socket, numbering it.
+    fn send_data(&mut self, msg: PeerMsg) -> u64 {
+        let seq = self.data_seq_next;
+        self.data_seq_next += 1;
+        self.emit(Action::Send {
+            seq: Some(seq),
+            msg,
+        });
+        seq
+    }
+
+    fn send_meta(&mut self, msg: PeerMsg) {
+        self.emit(Action::Send { seq: None, msg });
+    }
+
+    fn meta_state(&self) -> MetaState {
+        MetaState {
+            uuids: self.uuids,
+            disk: self.disk,
+            primary: self.role == Role::Primary,
+            crashed_primary: self.crashed_primary,
+        }
+    }
+
+    fn persist_superblock(&mut self) {
+        let m = self.meta_state();
+        self.emit(Action::Persist(Persist::Superblock(m)));
+    }
+
+    fn set_role(&mut self, role: Role) {
+        if self.role != role {
+            self.role = role;
+            self.event(Event::Role(role));
+        }
+    }
+
+    fn set_disk(&mut self, disk: DiskState) {
+        if self.disk != disk {
+            self.disk = disk;
+            self.event(Event::Disk(disk));
+        }
+    }
+
+    fn set_conn(&mut self, conn: ConnectionState) {
+        if self.conn != conn {
+            self.conn = conn;
+            self.event(Event::Connection(conn));
+        }
+    }
+
+    fn set_repl(&mut self, repl: ReplicationState) {
+        if self.repl != repl {
+            self.repl = repl;
+            self.event(Event::Replication(repl));
+        }
+    }
+
+    /// A new data generation (DRBD `uuid_new_current`): bitmap := current; current := new.
+    fn new_current_uuid(&mut self, fresh: u64) {
+        if self.uuids.bitmap == 0 {
+            self.uuids.bitmap = self.uuids.current;
+        }
+        let primary_bit = u64::from(self.role == Role::Primary);
+        self.uuids.current = (fresh & !1) | primary_bit;
+    }
+
+    /// A fresh UUID from the configured seed (splitmix64): never 0, never JUST_CREATED, bit 0
+    /// clear.
+    fn fresh_uuid(&mut self) -> u64 {
+        loop {
+            self.uuid_counter += 1;
+            let mut z = self
+                .cfg
+                .uuid_seed
+                .wrapping_add(self.uuid_counter.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            let u = (z ^ (z >> 31)) & !1;
+            if u != 0 && u != urbd_protocol::UUID_JUST_CREATED {
+                return u;
+            }
+        }
+    }
+
+    // ---- read-only views, for status ----
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn disk_state(&self) -> DiskState {
+        self.disk
+    }
+    pub fn connection_state(&self) -> ConnectionState {
+        self.conn
+    }
+    pub fn replication_state(&self) -> ReplicationState {
+        self.repl
+    }
+    pub fn peer(&self) -> Option<&PeerView> {
+        self.peer.as_ref()
+    }
+    pub fn uuids(&self) -> GenerationUuids {
+        self.uuids
+    }
+    pub fn split_brain(&self) -> bool {
+        self.split_brain
+    }
+    pub fn clients(&self) -> u32 {
+        self.clients
+    }
+    pub fn out_of_sync_bytes(&self) -> u64 {
+        self.bitmap.dirty_bytes()
+    }
+    pub fn bitmap(&self) -> &Bitmap {
+        &self.bitmap
+    }
+    pub fn resync_progress(&self) -> Option<(u64, u64)> {
+        self.resync.as_ref().map(|r| (r.done_bytes, r.total_bytes))
+    }
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// The key under which the driver keeps the payload of a data frame received with `seq` on
+    /// the current connection (`DataSource::Frame(key)`): frame seqs restart with every
+    /// connection, keys never repeat.
+    pub fn frame_key(&self, seq: u64) -> u64 {
+        assert!(seq < 1 << FRAME_KEY_SEQ_BITS, "frame seq out of range");
+        (self.epoch << FRAME_KEY_SEQ_BITS) | seq
+    }
+
+    /// Invariants that must hold after every step (kept on in release builds).
+    fn check_invariants(&self) {
+        if self.repl == ReplicationState::SyncTarget {
+            assert!(
+                self.disk == DiskState::Inconsistent,
+                "SyncTarget with a {} disk",
+                self.disk
+            );
+            assert!(self.role != Role::Primary, "a SyncTarget is never Primary");
+        }
+        if matches!(
+            self.repl,
+            ReplicationState::SyncSource | ReplicationState::PausedSyncS
+        ) {
+            assert!(
+                self.disk == DiskState::UpToDate,
+                "SyncSource with a {} disk",
+                self.disk
+            );
+        }
+        if self.role == Role::Primary {
+            assert!(
+                self.disk == DiskState::UpToDate,
+                "a Primary's disk is {}, not UpToDate",
+                self.disk
+            );
+            if let Some(p) = &self.peer {
+                assert!(p.role != Role::Primary || self.split_brain, "two Primaries");
+            }
+        }
+        if self.conn != ConnectionState::Connected {
+            assert!(
+                self.peer_pending.is_empty(),
+                "peer requests outstanding while disconnected"
+            );
+            assert!(self.resync.is_none(), "resync while disconnected");
+        }
+    }
+}

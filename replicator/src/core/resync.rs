@@ -1,0 +1,297 @@
+//! Resync (PROTOCOL.md §7): the SyncSource reads the blocks marked in its bitmap, in disk
+//! order, and sends them; the SyncTarget writes them and acks; bits clear as acks arrive (on
+//! the source) and as blocks land (on the target). Resync reads take part in conflict
+//! detection, so a resync never overwrites newer application data on the target: an
+//! application write to a range being read waits for the read, and its data frame follows the
+//! resync frame on the same ordered data socket.
+
+use std::collections::HashMap;
+
+use urbd_protocol::{DiskState, ReplicationState, Role, UUID_RESYNC_BUMP};
+
+use super::*;
+
+#[derive(Debug)]
+pub(super) struct Resync {
+    pub(super) source: bool,
+    pub(super) cursor_bytes: u64,
+    /// Reads in flight (or waiting on a conflict) on the source: offset → length.
+    reads: HashMap<u64, u64>,
+    acks_outstanding: usize,
+    pub(super) done_bytes: u64,
+    pub(super) total_bytes: u64,
+    /// Passes over the bitmap (a second pass picks up blocks a NegAck left marked).
+    passes: u32,
+}
+
+const RESYNC_PASSES_MAX: u32 = 3;
+
+impl Core {
+    /// Becomes SyncSource: `full` marks every block first.
+    pub(super) fn start_sync_source(&mut self, full: bool) {
+        if full {
+            self.bitmap.set_all();
+        }
+        // The target adopts this as its current UUID: until the resync ends, its data is a
+        // mix that matches no generation of ours.
+        if self.uuids.bitmap == 0 {
+            self.uuids.bitmap = self.uuids.current & !1;
+        }
+        self.uuids.bitmap = self.uuids.bitmap.wrapping_add(UUID_RESYNC_BUMP);
+        let sync_uuid = self.uuids.bitmap;
+        self.persist_superblock();
+        self.emit(Action::Persist(Persist::Bitmap));
+        self.send_data(PeerMsg::SyncUuid { uuid: sync_uuid });
+        let total_bytes = self.bitmap.dirty_bytes();
+        self.resync = Some(Resync {
+            source: true,
+            cursor_bytes: 0,
+            reads: HashMap::new(),
+            acks_outstanding: 0,
+            done_bytes: 0,
+            total_bytes,
+            passes: 1,
+        });
+        self.set_repl(ReplicationState::SyncSource);
+        self.pump_resync();
+    }
+
+    /// Becomes SyncTarget: Inconsistent (never promotable) until the resync ends.
+    pub(super) fn start_sync_target(&mut self, full: bool) {
+        if full {
+            self.bitmap.set_all();
+        }
+        self.set_disk(DiskState::Inconsistent);
+        self.persist_superblock();
+        self.emit(Action::Persist(Persist::Bitmap));
+        let total_bytes = self.bitmap.dirty_bytes();
+        self.resync = Some(Resync {
+            source: false,
+            cursor_bytes: 0,
+            reads: HashMap::new(),
+            acks_outstanding: 0,
+            done_bytes: 0,
+            total_bytes,
+            passes: 1,
+        });
+        self.set_repl(ReplicationState::SyncTarget);
+    }
+
+    /// Starts resync reads up to the in-flight bound.
+    pub(super) fn pump_resync(&mut self) {
+        loop {
+            let Some(r) = self.resync.as_ref() else {
+                return;
+            };
+            if !r.source || self.repl != ReplicationState::SyncSource {
+                return;
+            }
+            if r.reads.len() + r.acks_outstanding >= self.cfg.resync_inflight_max {
+                return;
+            }
+            let chunk = u64::from(self.cfg.resync_chunk_bytes);
+            let next = self
+                .bitmap
+                .iter_set_ranges(r.cursor_bytes)
+                .next()
+                .map(|(o, l)| (o, l.min(chunk)));
+            let Some((offset, len)) = next else {
+                self.maybe_finish_sync_source();
+                return;
+            };
+            let r = self.resync.as_mut().expect("resync running");
+            r.cursor_bytes = offset + len;
+            r.reads.insert(offset, len);
+            if self
+                .conflicts
+                .try_start(offset, offset + len, Owner::ResyncRead(offset))
+            {
+                self.start_resync_read(offset);
+            }
+        }
+    }
+
+    pub(super) fn start_resync_read(&mut self, offset_bytes: u64) {
+        let len_bytes = self
+            .resync
+            .as_ref()
+            .and_then(|r| r.reads.get(&offset_bytes))
+            .copied();
+        let len_bytes = len_bytes.expect("resync read is tracked");
+        self.emit(Action::Local {
+            io: LocalIo::ResyncRead(offset_bytes),
+            op: LocalOp::Read {
+                offset_bytes,
+                len_bytes,
+            },
+        });
+    }
+
+    pub(super) fn step_sync_source_read_done(&mut self, offset_bytes: u64, ok: bool) {
+        for next in self.conflicts.finish(Owner::ResyncRead(offset_bytes)) {
+            self.start_owner(next);
+        }
+        let Some(r) = self.resync.as_mut() else {
+            // The peer went away while the read was in flight.
+            self.emit(Action::Release(DataSource::ResyncRead(offset_bytes)));
+            return;
+        };
+        let len_bytes = r
+            .reads
+            .remove(&offset_bytes)
+            .expect("resync read is tracked");
+        if !ok {
+            self.emit(Action::Release(DataSource::ResyncRead(offset_bytes)));
+            self.event(Event::Message(format!(
+                "resync read failed at offset {offset_bytes}"
+            )));
+            self.emit(Action::Disconnect {
+                reason: "local read failed during resync".into(),
+            });
+            return;
+        }
+        r.acks_outstanding += 1;
+        let seq = self.send_data(PeerMsg::ResyncData {
+            offset_bytes,
+            len_bytes,
+            source: DataSource::ResyncRead(offset_bytes),
+        });
+        self.emit(Action::Release(DataSource::ResyncRead(offset_bytes)));
+        self.peer_pending.insert(
+            seq,
+            PeerPending::Resync {
+                offset_bytes,
+                len_bytes,
+            },
+        );
+        self.pump_resync();
+    }
+
+    pub(super) fn resync_acked(&mut self, offset_bytes: u64, len_bytes: u64, ok: bool) {
+        let Some(r) = self.resync.as_mut() else {
+            return;
+        };
+        r.acks_outstanding -= 1;
+        if ok {
+            r.done_bytes += len_bytes;
+            self.bitmap.clear_range(offset_bytes, len_bytes);
+        }
+        let (done, total) = (r.done_bytes, r.total_bytes);
+        self.event(Event::ResyncProgress {
+            done_bytes: done,
+            total_bytes: total,
+        });
+        self.pump_resync();
+    }
+
+    fn maybe_finish_sync_source(&mut self) {
+        let Some(r) = self.resync.as_mut() else {
+            return;
+        };
+        if !r.reads.is_empty() || r.acks_outstanding > 0 {
+            return;
+        }
+        if self.bitmap.count_set() > 0 {
+            if r.passes < RESYNC_PASSES_MAX {
+                // Blocks the peer could not write (NegAck): one more pass.
+                r.passes += 1;
+                r.cursor_bytes = 0;
+                self.pump_resync();
+            } else {
+                self.emit(Action::Disconnect {
+                    reason: "resync could not write every block on the peer".into(),
+                });
+            }
+            return;
+        }
+        self.resync = None;
+        // Resync end (DRBD): the bitmap UUID goes to history and is cleared; the target takes
+        // our tuple from the State frame that precedes ResyncDone.
+        self.uuids.history = [self.uuids.bitmap, self.uuids.history[0]];
+        self.uuids.bitmap = 0;
+        self.persist_superblock();
+        self.emit(Action::Persist(Persist::Bitmap));
+        self.send_state();
+        self.send_data(PeerMsg::ResyncDone);
+        self.set_repl(ReplicationState::Established);
+        if let Some(p) = self.peer.as_mut() {
+            p.disk = DiskState::UpToDate;
+        }
+        self.event(Event::PeerDisk(DiskState::UpToDate));
+    }
+
+    pub(super) fn step_sync_target(&mut self, seq: u64, msg: PeerMsg) {
+        match msg {
+            PeerMsg::SyncUuid { uuid } => {
+                if self.repl != ReplicationState::SyncTarget {
+                    // The peer became SyncSource after the connect decision (`primary --force`
+                    // on a fresh pair): a fresh or inconsistent disk receives everything.
+                    if self.role == Role::Primary {
+                        self.emit(Action::Disconnect {
+                            reason: "peer wants to resync a Primary".into(),
+                        });
+                        return;
+                    }
+                    let full = self.just_created() || self.disk == DiskState::Inconsistent;
+                    self.start_sync_target(full);
+                }
+                self.uuids.current = uuid;
+                self.persist_superblock();
+            }
+            PeerMsg::ResyncData {
+                offset_bytes,
+                len_bytes,
+                ..
+            } => {
+                if self.repl != ReplicationState::SyncTarget {
+                    self.emit(Action::Disconnect {
+                        reason: "resync data while not SyncTarget".into(),
+                    });
+                    return;
+                }
+                let w = PeerWrite {
+                    epoch: self.epoch,
+                    offset_bytes,
+                    len_bytes,
+                    fua: false,
+                    zero: false,
+                    resync: true,
+                };
+                self.receive_write(seq, w);
+            }
+            PeerMsg::ResyncDone => {
+                let epoch = self.epoch;
+                if self
+                    .peer_writes
+                    .values()
+                    .any(|w| w.resync && w.epoch == epoch)
+                {
+                    self.emit(Action::Disconnect {
+                        reason: "ResyncDone before every resync write".into(),
+                    });
+                    return;
+                }
+                if self.repl == ReplicationState::SyncTarget {
+                    assert_eq!(
+                        self.bitmap.count_set(),
+                        0,
+                        "resync done with blocks still marked"
+                    );
+                }
+                self.resync = None;
+                self.bitmap.clear_all();
+                if let Some(p) = self.peer {
+                    let primary_bit = u64::from(self.role == Role::Primary);
+                    self.uuids = p.uuids;
+                    self.uuids.current = (p.uuids.current & !1) | primary_bit;
+                }
+                self.set_disk(DiskState::UpToDate);
+                self.set_repl(ReplicationState::Established);
+                self.persist_superblock();
+                self.emit(Action::Persist(Persist::Bitmap));
+                self.send_state();
+            }
+            _ => unreachable!("not a resync message"),
+        }
+    }
+}

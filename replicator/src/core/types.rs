@@ -1,0 +1,273 @@
+//! The vocabulary of the core: its inputs, its actions, and the ids that tie them together.
+//! PROTOCOL.md §5 (write path) and §6 (liveness) describe what these mean on the wire.
+
+use urbd_protocol::{DiskState, GenerationUuids, Role};
+
+/// Identifies one local disk operation the core asked for; the driver reports its completion
+/// with the same id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LocalIo {
+    /// An application write (or zeroing) on the Primary, by client request id.
+    Client(u64),
+    /// An application FLUSH on the Primary.
+    ClientFlush(u64),
+    /// A replicated write on the Secondary, by the data frame's seq.
+    Peer(u64),
+    /// A flush the Primary asked for (FlushReq), by flush id.
+    PeerFlush(u64),
+    /// A resync read on the SyncSource, by offset.
+    ResyncRead(u64),
+    /// A resync write on the SyncTarget, by the data frame's seq.
+    ResyncWrite(u64),
+}
+
+/// Where the bytes of a local write or an outgoing data frame come from. The driver holds the
+/// buffers; the core only says which one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataSource {
+    /// The client's write payload (client request id).
+    Client(u64),
+    /// A received data frame's payload (its seq).
+    Frame(u64),
+    /// The buffer of a completed resync read (by offset).
+    ResyncRead(u64),
+}
+
+/// A local disk operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalOp {
+    Write {
+        offset_bytes: u64,
+        len_bytes: u64,
+        fua: bool,
+        source: DataSource,
+    },
+    /// Make the range read as zeroes (NBD TRIM and WRITE_ZEROES both map here, so both disks
+    /// stay byte-identical).
+    Zero {
+        offset_bytes: u64,
+        len_bytes: u64,
+        fua: bool,
+    },
+    Read {
+        offset_bytes: u64,
+        len_bytes: u64,
+    },
+    Flush,
+}
+
+/// What the application asks of the Primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRequest {
+    Write {
+        id: u64,
+        offset_bytes: u64,
+        len_bytes: u64,
+        fua: bool,
+    },
+    Zero {
+        id: u64,
+        offset_bytes: u64,
+        len_bytes: u64,
+        fua: bool,
+    },
+    Flush {
+        id: u64,
+    },
+}
+
+impl ClientRequest {
+    pub fn id(&self) -> u64 {
+        match *self {
+            ClientRequest::Write { id, .. }
+            | ClientRequest::Zero { id, .. }
+            | ClientRequest::Flush { id } => id,
+        }
+    }
+}
+
+/// The peer's announced state (PROTOCOL.md §4.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerView {
+    pub role: Role,
+    pub disk: DiskState,
+    pub uuids: GenerationUuids,
+    pub crashed_primary: bool,
+    pub discard_my_data: bool,
+    pub dirty_bits: u64,
+    pub size_bytes: u64,
+}
+
+/// Messages between the cores of two nodes, without payload bytes (the driver attaches them
+/// from the named `DataSource`) and without handshake messages (the driver's job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMsg {
+    /// An application write (§4.8); its request id is the frame's seq.
+    Data {
+        offset_bytes: u64,
+        len_bytes: u64,
+        fua: bool,
+        source: DataSource,
+    },
+    /// Zeroing of a range (§4.14); request id = seq.
+    Zero {
+        offset_bytes: u64,
+        len_bytes: u64,
+        fua: bool,
+    },
+    RecvAck {
+        request_id: u64,
+    },
+    WriteAck {
+        request_id: u64,
+    },
+    NegAck {
+        request_id: u64,
+    },
+    FlushReq {
+        flush_id: u64,
+    },
+    FlushAck {
+        flush_id: u64,
+    },
+    Ping,
+    PingAck,
+    /// A state update (§4.7), sent when role, disk state or UUIDs change while connected.
+    State(PeerView),
+    /// Resync payload (§4.19); acknowledged with WriteAck(seq).
+    ResyncData {
+        offset_bytes: u64,
+        len_bytes: u64,
+        source: DataSource,
+    },
+    /// The SyncSource has sent every marked block and they were all acknowledged (§4.24).
+    ResyncDone,
+    /// The SyncSource's new bitmap UUID at resync start; the target adopts it as its current
+    /// (§4.17). Followed directly by `ResyncDone` it skips a sync (`new-current-uuid
+    /// --clear-bitmap` on two fresh disks).
+    SyncUuid {
+        uuid: u64,
+    },
+    /// Asks the peer to agree to this node's promotion (PROTOCOL.md §7.8: a cluster-wide
+    /// state change, so two nodes promoted at once cannot both win).
+    PromoteRequest,
+    PromoteReply {
+        ok: bool,
+    },
+    /// `new-current-uuid --clear-bitmap` on two fresh disks: adopt this UUID and become
+    /// UpToDate without a sync (the operator vouches the disks are identical).
+    NewCurrentUuid {
+        uuid: u64,
+    },
+}
+
+/// Operator requests (the urbdadm commands that change state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCmd {
+    Primary { force: bool },
+    Secondary { force: bool },
+    Connect { discard_my_data: bool },
+    Disconnect,
+    NewCurrentUuid { clear_bitmap: bool },
+}
+
+/// What must be made durable before any later action is performed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persist {
+    /// Role-independent metadata: UUIDs, disk state, flags.
+    Superblock(MetaState),
+    /// Bitmap pages changed since the last persist.
+    Bitmap,
+    /// Activity-log extents that must be hot before the next write lands in them.
+    ActivityLog { extents: Vec<u64> },
+}
+
+/// The parts of the superblock the core owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaState {
+    pub uuids: GenerationUuids,
+    pub disk: DiskState,
+    pub primary: bool,
+    pub crashed_primary: bool,
+}
+
+/// A state change worth telling the operator about (`urbdadm events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Role(Role),
+    Disk(DiskState),
+    PeerRole(Role),
+    PeerDisk(DiskState),
+    Connection(urbd_protocol::ConnectionState),
+    Replication(urbd_protocol::ReplicationState),
+    ResyncProgress { done_bytes: u64, total_bytes: u64 },
+    SplitBrain,
+    Message(String),
+}
+
+/// An output of `step`. Actions must be performed in order; `Persist` actions are barriers:
+/// the driver completes them durably before performing any later action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Local {
+        io: LocalIo,
+        op: LocalOp,
+    },
+    /// Send a frame; `seq` is set for data-socket frames (the core numbers them so that request
+    /// ids are known; the driver asserts its own count agrees).
+    Send {
+        seq: Option<u64>,
+        msg: PeerMsg,
+    },
+    AckClient {
+        id: u64,
+        result: Result<(), IoFailure>,
+    },
+    Persist(Persist),
+    /// Begin (or keep) trying to connect to the peer every connect interval.
+    StartConnecting,
+    /// Close the peer connection (the driver later reports `PeerLost`).
+    Disconnect {
+        reason: String,
+    },
+    /// The buffer named by this source is no longer needed by the core.
+    Release(DataSource),
+    Event(Event),
+    /// The answer to an `Input::Admin`.
+    AdminReply(Result<(), String>),
+}
+
+/// Why a client request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoFailure {
+    /// The local disk failed and no peer could take the write.
+    Io,
+    /// This node is not Primary (or not UpToDate) and cannot serve the request.
+    NotPrimary,
+}
+
+/// An input to `step`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Tick,
+    Client(ClientRequest),
+    ClientAttached,
+    ClientDetached,
+    LocalDone {
+        io: LocalIo,
+        ok: bool,
+    },
+    /// The driver finished the handshake (auth, params, state exchange).
+    PeerConnected {
+        peer: PeerView,
+        data_seq_next: u64,
+    },
+    PeerMessage {
+        seq: u64,
+        msg: PeerMsg,
+    },
+    PeerLost {
+        reason: String,
+    },
+    Admin(AdminCmd),
+}
