@@ -70,20 +70,18 @@ impl Core {
             d.rule, d.reason
         )));
         self.discard_my_data = false;
+        if let Some(uuids) = d.corrected_own_uuids {
+            // DRBD's repair of our own tuple (rules 34 and 71), durable before we act on it.
+            self.uuids = uuids;
+            self.persist_superblock();
+        }
         match d.verdict {
             Verdict::NoSync | Verdict::WaitForOperator => {
                 self.set_repl(ReplicationState::Established);
                 // A no-sync verdict never clears a bitmap (LINBIT/drbd#145): marked blocks still
                 // go over, from the side that has them.
-                if decision::needs_resync_despite_no_sync(&me, &them) {
-                    if me.dirty_bits > 0
-                        && self.disk == DiskState::UpToDate
-                        && (them.dirty_bits == 0 || self.role == Role::Primary)
-                    {
-                        self.start_sync_source(false);
-                    } else if them.dirty_bits > 0 && self.role != Role::Primary {
-                        self.start_sync_target(false);
-                    }
+                if let Some(dir) = decision::no_sync_resync_direction(&me, &them) {
+                    self.start_sync(dir, false);
                 }
             }
             Verdict::BitmapSync(dir) | Verdict::ActivityLogSync(dir) => self.start_sync(dir, false),

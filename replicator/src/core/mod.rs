@@ -412,6 +412,10 @@ impl Core {
     pub fn bitmap(&self) -> &Bitmap {
         &self.bitmap
     }
+    /// Bitmap pages changed since the last call (for `Persist::Bitmap` and periodic saves).
+    pub fn take_dirty_bitmap_pages(&mut self) -> Vec<usize> {
+        self.bitmap.take_dirty_pages()
+    }
     pub fn resync_progress(&self) -> Option<(u64, u64)> {
         self.resync.as_ref().map(|r| (r.done_bytes, r.total_bytes))
     }

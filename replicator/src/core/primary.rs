@@ -89,24 +89,6 @@ impl Core {
             ClientRequest::Flush { .. } => unreachable!("flushes take no range"),
         };
         self.activity_log_cover(offset_bytes, len_bytes);
-        let op = if zero {
-            LocalOp::Zero {
-                offset_bytes,
-                len_bytes,
-                fua,
-            }
-        } else {
-            LocalOp::Write {
-                offset_bytes,
-                len_bytes,
-                fua,
-                source: DataSource::Client(id),
-            }
-        };
-        self.emit(Action::Local {
-            io: LocalIo::Client(id),
-            op,
-        });
         let mut w = ClientWrite {
             offset_bytes,
             len_bytes,
@@ -139,6 +121,25 @@ impl Core {
             // The peer misses this write: mark it before anyone sees an ack.
             self.bitmap.set_range(offset_bytes, len_bytes);
         }
+        // The frame goes out first: the peer's write overlaps ours.
+        let op = if zero {
+            LocalOp::Zero {
+                offset_bytes,
+                len_bytes,
+                fua,
+            }
+        } else {
+            LocalOp::Write {
+                offset_bytes,
+                len_bytes,
+                fua,
+                source: DataSource::Client(id),
+            }
+        };
+        self.emit(Action::Local {
+            io: LocalIo::Client(id),
+            op,
+        });
         self.client_writes.insert(id, w);
     }
 
