@@ -252,6 +252,14 @@ impl Core {
                 self.on_peer_message(seq, msg);
             }
             Input::LocalDone { io, ok } => self.on_local_done(io, ok),
+            Input::PeerBitmap {
+                first_bit,
+                bit_count,
+                bits,
+            } => {
+                self.last_rx_ms = now_ms;
+                self.on_peer_bitmap(first_bit, bit_count, &bits);
+            }
         }
         self.check_invariants();
         std::mem::take(&mut self.actions)
@@ -275,6 +283,9 @@ impl Core {
             PeerMsg::PromoteRequest
             | PeerMsg::PromoteReply { .. }
             | PeerMsg::NewCurrentUuid { .. } => self.on_peer_admin(msg),
+            PeerMsg::Bitmap { .. } => self.emit(Action::Disconnect {
+                reason: "bitmap frame without its bits".into(),
+            }),
         }
     }
 

@@ -22,7 +22,13 @@ pub(super) struct Resync {
     pub(super) total_bytes: u64,
     /// Passes over the bitmap (a second pass picks up blocks a NegAck left marked).
     passes: u32,
+    /// The peer's whole bitmap has been ORed into ours (always true for a full sync): only
+    /// then may the source send, and finish.
+    pub(super) peer_bitmap_complete: bool,
 }
+
+/// Bits per bitmap frame (64 KiB of bits: well under the smallest frame limit).
+const BITMAP_CHUNK_BITS: u64 = 64 * 1024 * 8;
 
 const RESYNC_PASSES_MAX: u32 = 3;
 
@@ -51,8 +57,12 @@ impl Core {
             done_bytes: 0,
             total_bytes,
             passes: 1,
+            peer_bitmap_complete: full,
         });
         self.set_repl(ReplicationState::SyncSource);
+        if !full {
+            self.send_bitmap();
+        }
         self.pump_resync();
     }
 
@@ -73,8 +83,12 @@ impl Core {
             done_bytes: 0,
             total_bytes,
             passes: 1,
+            peer_bitmap_complete: full,
         });
         self.set_repl(ReplicationState::SyncTarget);
+        if !full {
+            self.send_bitmap();
+        }
     }
 
     /// Starts resync reads up to the in-flight bound.
@@ -83,7 +97,7 @@ impl Core {
             let Some(r) = self.resync.as_ref() else {
                 return;
             };
-            if !r.source || self.repl != ReplicationState::SyncSource {
+            if !r.source || self.repl != ReplicationState::SyncSource || !r.peer_bitmap_complete {
                 return;
             }
             if r.reads.len() + r.acks_outstanding >= self.cfg.resync_inflight_max {
@@ -293,5 +307,64 @@ impl Core {
             }
             _ => unreachable!("not a resync message"),
         }
+    }
+}
+
+impl Core {
+    /// Sends our whole bitmap in slices (both sides do, before a bitmap-based resync).
+    fn send_bitmap(&mut self) {
+        let total = self.bitmap.bit_count();
+        let mut first_bit = 0;
+        while first_bit < total {
+            let bit_count = (total - first_bit).min(BITMAP_CHUNK_BITS);
+            self.send_data(PeerMsg::Bitmap {
+                first_bit,
+                bit_count,
+            });
+            first_bit += bit_count;
+        }
+    }
+
+    /// ORs a slice of the peer's bitmap into ours; the last slice completes the exchange.
+    pub(super) fn on_peer_bitmap(&mut self, first_bit: u64, bit_count: u64, bits: &[u8]) {
+        let total = self.bitmap.bit_count();
+        let fits = first_bit
+            .checked_add(bit_count)
+            .is_some_and(|end| end <= total)
+            && bits.len() as u64 >= bit_count.div_ceil(8);
+        if !fits || self.resync.is_none() {
+            self.emit(Action::Disconnect {
+                reason: "unexpected or malformed bitmap slice".into(),
+            });
+            return;
+        }
+        let bpb = u64::from(self.cfg.bytes_per_bit);
+        let size = self.cfg.data_size_bytes;
+        for i in 0..bit_count {
+            if bits[(i / 8) as usize] & (1 << (i % 8)) != 0 {
+                let off = (first_bit + i) * bpb;
+                self.bitmap.set_range(off, bpb.min(size - off));
+            }
+        }
+        if first_bit + bit_count == total {
+            self.emit(Action::Persist(Persist::Bitmap));
+            let oos = self.bitmap.dirty_bytes();
+            let r = self.resync.as_mut().expect("checked above");
+            r.peer_bitmap_complete = true;
+            r.total_bytes = oos;
+            self.pump_resync();
+        }
+    }
+
+    /// Encodes bits `first_bit..first_bit + bit_count` of our bitmap (LSB first), for the
+    /// driver to put in a bitmap frame.
+    pub fn bitmap_bits(&self, first_bit: u64, bit_count: u64) -> Vec<u8> {
+        let mut out = vec![0u8; bit_count.div_ceil(8) as usize];
+        for i in 0..bit_count {
+            if self.bitmap.is_set(first_bit + i) {
+                out[(i / 8) as usize] |= 1 << (i % 8);
+            }
+        }
+        out
     }
 }

@@ -130,6 +130,10 @@ impl Pair {
                     PeerMsg::Data { source, .. } | PeerMsg::ResyncData { source, .. } => {
                         Some(self.n[i].bytes(source))
                     }
+                    PeerMsg::Bitmap {
+                        first_bit,
+                        bit_count,
+                    } => Some(self.n[i].core.bitmap_bits(first_bit, bit_count)),
                     _ => None,
                 };
                 self.n[peer]
@@ -212,6 +216,7 @@ impl Pair {
                     }
                 }
                 if let Some((seq, msg, payload)) = self.n[i].inbox.pop_front() {
+                    let payload_copy = payload.clone();
                     if let Some(p) = payload {
                         match msg {
                             PeerMsg::Data { .. } | PeerMsg::ResyncData { .. } => {
@@ -221,7 +226,25 @@ impl Pair {
                             _ => {}
                         }
                     }
-                    self.step(i, Input::PeerMessage { seq, msg });
+                    if let (
+                        PeerMsg::Bitmap {
+                            first_bit,
+                            bit_count,
+                        },
+                        Some(bits),
+                    ) = (msg, payload_copy)
+                    {
+                        self.step(
+                            i,
+                            Input::PeerBitmap {
+                                first_bit,
+                                bit_count,
+                                bits,
+                            },
+                        );
+                    } else {
+                        self.step(i, Input::PeerMessage { seq, msg });
+                    }
                     progressed = true;
                 }
             }

@@ -159,6 +159,14 @@ pub enum PeerMsg {
     NewCurrentUuid {
         uuid: u64,
     },
+    /// A slice of the sender's dirty bitmap (bits `first_bit..first_bit + bit_count`), sent by
+    /// both sides before a bitmap-based resync so that each ORs the other's into its own
+    /// (PROTOCOL.md §4.16). Outgoing, the driver encodes the bits with `Core::bitmap_bits`;
+    /// incoming, they arrive through `Input::PeerBitmap`.
+    Bitmap {
+        first_bit: u64,
+        bit_count: u64,
+    },
 }
 
 /// Operator requests (the urbdadm commands that change state).
@@ -270,4 +278,11 @@ pub enum Input {
         reason: String,
     },
     Admin(AdminCmd),
+    /// A slice of the peer's bitmap (§4.16): bit i of `bits` (LSB first in each byte) is bit
+    /// `first_bit + i`.
+    PeerBitmap {
+        first_bit: u64,
+        bit_count: u64,
+        bits: Vec<u8>,
+    },
 }
