@@ -1,5 +1,8 @@
 //! The urbd binaries' shared code: subcommands of `urbd` and `urbdadm`.
 
+pub mod adm;
+pub mod config;
+pub mod control;
 pub mod listen;
 pub mod serve;
 pub mod signals;
