@@ -4,5 +4,6 @@ pub mod adm;
 pub mod config;
 pub mod control;
 pub mod listen;
+pub mod peer;
 pub mod serve;
 pub mod signals;
