@@ -99,9 +99,9 @@ pub trait BlockDevice: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Extent>, DeviceError>> + Send;
 
     /// A client finished the handshake and wants to use the export. `Err` refuses it with a
-    /// message the client sees (e.g. "this node is Secondary").
-    fn attach_client(&self) -> Result<(), String> {
-        Ok(())
+    /// message the client sees (e.g. "this node is Secondary"). May take time (auto-promote).
+    fn attach_client(&self) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
     }
 
     /// A client attached with `attach_client` went away.

@@ -3,6 +3,7 @@
 pub mod adm;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod listen;
 pub mod peer;
 pub mod serve;

@@ -62,7 +62,8 @@ impl ServedDisk {
     }
 }
 
-fn device_error(e: urbd_replicator::Error) -> DeviceError {
+/// Maps a disk engine error onto the NBD error the client gets.
+pub fn device_error(e: urbd_replicator::Error) -> DeviceError {
     let errno = match e {
         urbd_replicator::Error::FastZeroUnsupported => Errno::NotSup,
         ref other => Errno::from_os(other.os_errno().unwrap_or(libc::EIO)),
@@ -118,22 +119,30 @@ impl BlockDevice for ServedDisk {
     }
 
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, DeviceError> {
-        let extents = self
-            .disk
-            .extents(offset, u64::from(len), 64)
-            .map_err(device_error)?;
-        Ok(extents
-            .into_iter()
-            .map(|e| Extent {
-                length: u32::try_from(e.length_bytes).expect("bounded by the request length"),
-                flags: if e.hole {
-                    nbd_frontend::consts::STATE_HOLE | nbd_frontend::consts::STATE_ZERO
-                } else {
-                    0
-                },
-            })
-            .collect())
+        block_status_of(&self.disk, offset, len)
     }
+}
+
+/// `base:allocation` extents of a local disk range.
+pub fn block_status_of(
+    disk: &LocalDisk,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<Extent>, DeviceError> {
+    let extents = disk
+        .extents(offset, u64::from(len), 64)
+        .map_err(device_error)?;
+    Ok(extents
+        .into_iter()
+        .map(|e| Extent {
+            length: u32::try_from(e.length_bytes).expect("bounded by the request length"),
+            flags: if e.hole {
+                nbd_frontend::consts::STATE_HOLE | nbd_frontend::consts::STATE_ZERO
+            } else {
+                0
+            },
+        })
+        .collect())
 }
 
 /// Runs `urbd serve` until SIGINT/SIGTERM.

@@ -61,7 +61,7 @@ pub(super) async fn negotiate<S: SplitStream, D: BlockDevice>(
                 if !n.name_matches(&name) {
                     return Err(ServerError::NoSuchExport(name));
                 }
-                if let Err(why) = device.attach_client() {
+                if let Err(why) = device.attach_client().await {
                     // NBD_OPT_EXPORT_NAME has no error path: a hard disconnect is all we can do.
                     tracing::warn!("refusing NBD client: {why}");
                     return Err(ServerError::Aborted);
@@ -91,7 +91,7 @@ pub(super) async fn negotiate<S: SplitStream, D: BlockDevice>(
                 n.info(&mut out, OPT_INFO, &req);
                 None
             }
-            ClientOption::Go(req) => n.go(&mut out, &req),
+            ClientOption::Go(req) => n.go(&mut out, &req).await,
             ClientOption::StructuredReply => {
                 n.structured = true;
                 option::put_option_reply(&mut out, OPT_STRUCTURED_REPLY, REP_ACK, &[]);
@@ -226,11 +226,11 @@ impl<D: BlockDevice> Negotiation<'_, D> {
         true
     }
 
-    fn go(&mut self, out: &mut Vec<u8>, req: &InfoRequest) -> Option<Session> {
+    async fn go(&mut self, out: &mut Vec<u8>, req: &InfoRequest) -> Option<Session> {
         if !self.name_matches(&req.name) {
             return self.info(out, OPT_GO, req).then(|| self.session());
         }
-        if let Err(why) = self.device.attach_client() {
+        if let Err(why) = self.device.attach_client().await {
             tracing::warn!("refusing NBD client: {why}");
             option::put_option_error(out, OPT_GO, REP_ERR_POLICY, &why);
             return None;

@@ -21,28 +21,37 @@ struct Cli {
 enum Command {
     /// Export one local disk over NBD, unreplicated (like qemu-nbd).
     Serve(urbd::serve::ServeArgs),
+    /// Run the daemon of one replicated resource in the foreground (`urbdadm up` starts it).
+    Run(urbd::daemon::RunArgs),
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let cli = Cli::parse();
-    let runtime = if cli.threads <= 1 {
+    // The daemon persists metadata with block_in_place, which needs worker threads.
+    let threads = match cli.command {
+        Command::Run(_) => cli.threads.max(2),
+        Command::Serve(_) => cli.threads,
+    };
+    let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cli.threads)
+            .worker_threads(threads)
             .enable_all()
             .build()?
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(urbd::serve::run(args)),
+        Command::Run(args) => runtime.block_on(urbd::daemon::run(args)),
     }
 }

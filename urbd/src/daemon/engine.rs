@@ -1,0 +1,674 @@
+//! The engine task: the one owner of the replication core. Everything that happens to the
+//! resource (client requests, disk completions, peer frames, ticks, operator commands) arrives
+//! here as an `EngineInput`, is stepped through the core, and the core's actions are performed
+//! in order: disk I/O is started on the io_uring engine, frames handed to the peer link,
+//! clients answered, metadata persisted (synchronously: `Persist` actions are barriers).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use urbd_protocol::{ConnectionState, Role};
+use urbd_replicator::core::{
+    Action, AdminCmd, ClientRequest, Core, DataSource, Event, Input, IoFailure, LocalIo, LocalOp,
+    PeerMsg, Persist,
+};
+use urbd_replicator::disk::{IoBuf, LocalDisk};
+
+use super::meta::Metadata;
+use super::status::StatusInfo;
+use super::wire::{self, Incoming};
+use crate::control::{Request, Response};
+use crate::peer::{Established, PeerEvent, PeerSender};
+
+/// A client request with its buffer.
+pub enum ClientOp {
+    Write {
+        offset_bytes: u64,
+        buf: IoBuf,
+        fua: bool,
+    },
+    Zero {
+        offset_bytes: u64,
+        len_bytes: u64,
+        fua: bool,
+    },
+    Flush,
+}
+
+/// Everything the engine reacts to.
+pub enum EngineInput {
+    Client {
+        op: ClientOp,
+        done: oneshot::Sender<Result<(), IoFailure>>,
+    },
+    Attach {
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Detach,
+    LocalDone {
+        io: LocalIo,
+        ok: bool,
+        buf: Option<IoBuf>,
+    },
+    PeerUp(Box<Established>),
+    Peer {
+        epoch: u64,
+        event: PeerEvent,
+    },
+    ConnectFailed(String),
+    Admin {
+        req: Request,
+        done: oneshot::Sender<Response>,
+    },
+    Subscribe(mpsc::Sender<String>),
+    Tick,
+}
+
+enum AdminWaiter {
+    Control(oneshot::Sender<Response>),
+    Attach(oneshot::Sender<Result<(), String>>),
+}
+
+/// What the peer link's handshake sends: refreshed after every step.
+#[derive(Clone)]
+pub struct HelloState {
+    pub view: urbd_replicator::core::PeerView,
+}
+
+pub struct Engine {
+    pub core: Core,
+    pub disk: Arc<LocalDisk>,
+    pub meta: Metadata,
+    pub tx: mpsc::Sender<EngineInput>,
+    pub hello: watch::Sender<HelloState>,
+    pub info: StatusInfo,
+    pub auto_promote: bool,
+    pub connect: Box<dyn Fn(mpsc::Sender<EngineInput>, watch::Receiver<HelloState>) + Send>,
+    start: Instant,
+    next_client_id: u64,
+    client_done: HashMap<u64, oneshot::Sender<Result<(), IoFailure>>>,
+    client_bufs: HashMap<u64, IoBuf>,
+    frame_bufs: HashMap<u64, Bytes>,
+    read_bufs: HashMap<u64, IoBuf>,
+    admin: Option<AdminWaiter>,
+    peer: Option<(u64, PeerSender)>,
+    peer_size_bytes: u64,
+    epoch: u64,
+    connecting: bool,
+    pending_sync_uuid: Option<u64>,
+    subscribers: Vec<mpsc::Sender<String>>,
+    last_bitmap_save_ms: u64,
+    pub exit_requested: bool,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        core: Core,
+        disk: Arc<LocalDisk>,
+        meta: Metadata,
+        tx: mpsc::Sender<EngineInput>,
+        hello: watch::Sender<HelloState>,
+        info: StatusInfo,
+        auto_promote: bool,
+        connect: Box<dyn Fn(mpsc::Sender<EngineInput>, watch::Receiver<HelloState>) + Send>,
+    ) -> Engine {
+        Engine {
+            core,
+            disk,
+            meta,
+            tx,
+            hello,
+            info,
+            auto_promote,
+            connect,
+            start: Instant::now(),
+            next_client_id: 1,
+            client_done: HashMap::new(),
+            client_bufs: HashMap::new(),
+            frame_bufs: HashMap::new(),
+            read_bufs: HashMap::new(),
+            admin: None,
+            peer: None,
+            peer_size_bytes: 0,
+            epoch: 0,
+            connecting: false,
+            pending_sync_uuid: None,
+            subscribers: Vec::new(),
+            last_bitmap_save_ms: 0,
+            exit_requested: false,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Runs until the resource is taken down.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<EngineInput>) {
+        // The resource comes up connecting, as `drbdadm up` does.
+        self.step(Input::Admin(AdminCmd::Connect {
+            discard_my_data: false,
+        }));
+        let _ = self.take_admin_reply_silently();
+        while let Some(input) = rx.recv().await {
+            self.handle(input);
+            if self.exit_requested {
+                return;
+            }
+        }
+    }
+
+    fn take_admin_reply_silently(&mut self) -> Option<()> {
+        None
+    }
+
+    fn step(&mut self, input: Input) {
+        let now = self.now_ms();
+        let actions = self.core.step(now, input);
+        for a in actions {
+            self.perform(a);
+        }
+        let view = self.core_view();
+        self.hello.send_replace(HelloState { view });
+    }
+
+    fn core_view(&self) -> urbd_replicator::core::PeerView {
+        urbd_replicator::core::PeerView {
+            role: self.core.role(),
+            disk: self.core.disk_state(),
+            uuids: self.core.uuids(),
+            crashed_primary: false,
+            discard_my_data: false,
+            dirty_bits: self.core.bitmap().count_set(),
+            size_bytes: self.core.config().data_size_bytes,
+        }
+    }
+
+    fn handle(&mut self, input: EngineInput) {
+        match input {
+            EngineInput::Client { op, done } => {
+                let id = self.next_client_id;
+                self.next_client_id += 1;
+                self.client_done.insert(id, done);
+                let req = match op {
+                    ClientOp::Write {
+                        offset_bytes,
+                        buf,
+                        fua,
+                    } => {
+                        let len_bytes = buf.len() as u64;
+                        self.client_bufs.insert(id, buf);
+                        ClientRequest::Write {
+                            id,
+                            offset_bytes,
+                            len_bytes,
+                            fua,
+                        }
+                    }
+                    ClientOp::Zero {
+                        offset_bytes,
+                        len_bytes,
+                        fua,
+                    } => ClientRequest::Zero {
+                        id,
+                        offset_bytes,
+                        len_bytes,
+                        fua,
+                    },
+                    ClientOp::Flush => ClientRequest::Flush { id },
+                };
+                self.step(Input::Client(req));
+            }
+            EngineInput::Attach { done } => self.attach(done),
+            EngineInput::Detach => self.step(Input::ClientDetached),
+            EngineInput::LocalDone { io, ok, buf } => {
+                if let (LocalIo::ResyncRead(offset), Some(buf)) = (io, buf) {
+                    self.read_bufs.insert(offset, buf);
+                }
+                self.step(Input::LocalDone { io, ok });
+            }
+            EngineInput::PeerUp(est) => self.peer_up(*est),
+            EngineInput::ConnectFailed(why) => {
+                self.connecting = false;
+                tracing::warn!("connecting to the peer failed: {why}");
+                if self.core.connection_state() == ConnectionState::Connecting {
+                    self.start_connecting();
+                }
+            }
+            EngineInput::Peer { epoch, event } => {
+                if self.peer.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    return; // from a connection already gone
+                }
+                match event {
+                    PeerEvent::Message { seq, msg } => self.peer_message(seq, msg),
+                    PeerEvent::Lost { reason } => {
+                        self.peer = None;
+                        self.pending_sync_uuid = None;
+                        self.step(Input::PeerLost { reason });
+                    }
+                }
+            }
+            EngineInput::Admin { req, done } => self.admin(req, done),
+            EngineInput::Subscribe(tx) => {
+                for line in self.initial_events() {
+                    let _ = tx.try_send(line);
+                }
+                self.subscribers.push(tx);
+            }
+            EngineInput::Tick => {
+                self.step(Input::Tick);
+                let now = self.now_ms();
+                self.info.sample_resync(now, self.core.resync_progress());
+                if now.saturating_sub(self.last_bitmap_save_ms) >= 1000 {
+                    self.last_bitmap_save_ms = now;
+                    self.save_bitmap();
+                }
+            }
+        }
+    }
+
+    fn attach(&mut self, done: oneshot::Sender<Result<(), String>>) {
+        if self.core.role() == Role::Primary {
+            self.step(Input::ClientAttached);
+            let _ = done.send(Ok(()));
+            return;
+        }
+        let peer_primary = self.core.peer().is_some_and(|p| p.role == Role::Primary);
+        if self.auto_promote && !peer_primary && self.admin.is_none() {
+            self.admin = Some(AdminWaiter::Attach(done));
+            self.step(Input::Admin(AdminCmd::Primary { force: false }));
+            return;
+        }
+        let node = &self.info.node;
+        let _ = done.send(Err(format!(
+            "node {node} is Secondary: the export is served by the Primary (promote with `urbdadm primary`)"
+        )));
+    }
+
+    fn peer_up(&mut self, est: Established) {
+        self.connecting = false;
+        if self.core.connection_state() != ConnectionState::Connecting {
+            est.tx.close("not connecting any more");
+            return;
+        }
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let Established {
+            peer_params,
+            peer_state,
+            tx,
+            mut rx,
+            data_seq_next,
+            ..
+        } = est;
+        self.peer_size_bytes = peer_params.size_bytes;
+        self.peer = Some((epoch, tx));
+        let engine_tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let lost = matches!(event, PeerEvent::Lost { .. });
+                if engine_tx
+                    .send(EngineInput::Peer { epoch, event })
+                    .await
+                    .is_err()
+                    || lost
+                {
+                    return;
+                }
+            }
+            let event = PeerEvent::Lost {
+                reason: "peer link closed".into(),
+            };
+            let _ = engine_tx.send(EngineInput::Peer { epoch, event }).await;
+        });
+        let peer = wire::view_of(&peer_state, peer_params.size_bytes);
+        self.step(Input::PeerConnected {
+            peer,
+            data_seq_next,
+        });
+    }
+
+    fn peer_message(&mut self, seq: u64, msg: urbd_protocol::Message) {
+        for incoming in wire::from_wire(msg, &mut self.pending_sync_uuid) {
+            match incoming {
+                Incoming::Msg(PeerMsg::State(mut v)) => {
+                    v.size_bytes = self.peer_size_bytes;
+                    self.step(Input::PeerMessage {
+                        seq,
+                        msg: PeerMsg::State(v),
+                    });
+                }
+                Incoming::Msg(m) => self.step(Input::PeerMessage { seq, msg: m }),
+                Incoming::WithPayload(m, bytes) => {
+                    let key = self.core.frame_key(seq);
+                    self.frame_bufs.insert(key, bytes);
+                    self.step(Input::PeerMessage { seq, msg: m });
+                }
+                Incoming::Bitmap {
+                    first_bit,
+                    bit_count,
+                    bits,
+                } => {
+                    self.step(Input::PeerBitmap {
+                        first_bit,
+                        bit_count,
+                        bits,
+                    });
+                }
+                Incoming::Ignore(why) => tracing::debug!("ignoring a peer frame: {why}"),
+            }
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::Local { io, op } => self.local(io, op),
+            Action::Send { seq, msg } => self.send(seq, msg),
+            Action::AckClient { id, result } => {
+                if let Some(done) = self.client_done.remove(&id) {
+                    let _ = done.send(result);
+                }
+            }
+            Action::Persist(p) => self.persist(p),
+            Action::StartConnecting => self.start_connecting(),
+            Action::Disconnect { reason } => {
+                tracing::info!("disconnecting from the peer: {reason}");
+                if let Some((_, tx)) = &self.peer {
+                    tx.close(&reason);
+                }
+            }
+            Action::Release(source) => match source {
+                DataSource::Client(id) => drop(self.client_bufs.remove(&id)),
+                DataSource::Frame(key) => drop(self.frame_bufs.remove(&key)),
+                DataSource::ResyncRead(off) => drop(self.read_bufs.remove(&off)),
+            },
+            Action::Event(e) => self.publish(&e),
+            Action::AdminReply(r) => match self.admin.take() {
+                Some(AdminWaiter::Control(done)) => {
+                    let _ = done.send(match r {
+                        Ok(()) => Response::ok(),
+                        Err(e) => Response::error(e),
+                    });
+                }
+                Some(AdminWaiter::Attach(done)) => {
+                    if r.is_ok() {
+                        self.step(Input::ClientAttached);
+                    }
+                    let _ = done.send(r.map_err(|e| format!("auto-promote failed: {e}")));
+                }
+                None => {}
+            },
+        }
+    }
+
+    fn payload(&self, source: DataSource) -> Bytes {
+        match source {
+            DataSource::Client(id) => Bytes::copy_from_slice(self.client_bufs[&id].as_ref()),
+            DataSource::Frame(key) => self.frame_bufs[&key].clone(),
+            DataSource::ResyncRead(off) => Bytes::copy_from_slice(self.read_bufs[&off].as_ref()),
+        }
+    }
+
+    fn send(&mut self, seq: Option<u64>, msg: PeerMsg) {
+        let Some((_, tx)) = &self.peer else { return };
+        let frames = match msg {
+            PeerMsg::Bitmap {
+                first_bit,
+                bit_count,
+            } => {
+                let bits = Bytes::from(self.core.bitmap_bits(first_bit, bit_count));
+                let bit_count = u32::try_from(bit_count).expect("bitmap slices are small");
+                vec![urbd_protocol::Message::BitmapChunk(
+                    urbd_protocol::BitmapChunk {
+                        first_bit,
+                        bit_count,
+                        bits,
+                    },
+                )]
+            }
+            msg => wire::to_wire(msg, |src| self.payload(src)),
+        };
+        let mut seq = seq;
+        for (i, frame) in frames.into_iter().enumerate() {
+            let expected = seq.map(|s| s + i as u64);
+            if let Err(e) = tx.send(frame, expected) {
+                tracing::warn!("peer link refused a frame ({e}); dropping the connection");
+                tx.close("send queue refused a frame");
+                seq = None;
+                let _ = seq;
+                return;
+            }
+        }
+    }
+
+    fn local(&mut self, io: LocalIo, op: LocalOp) {
+        let disk = self.disk.clone();
+        let tx = self.tx.clone();
+        match op {
+            LocalOp::Write {
+                offset_bytes,
+                len_bytes,
+                fua,
+                source,
+            } => {
+                let buf = match source {
+                    DataSource::Client(id) => self.client_bufs.remove(&id).expect("client buffer"),
+                    DataSource::Frame(key) => {
+                        let bytes = self.frame_bufs.remove(&key).expect("frame buffer");
+                        let mut buf = disk.alloc(bytes.len());
+                        buf.as_mut().copy_from_slice(&bytes);
+                        buf
+                    }
+                    DataSource::ResyncRead(_) => {
+                        unreachable!("resync reads are not written locally")
+                    }
+                };
+                assert_eq!(buf.len() as u64, len_bytes);
+                tokio::spawn(async move {
+                    let r = disk.write(offset_bytes, buf, fua).await;
+                    if let Err(e) = &r {
+                        tracing::error!("{e}");
+                    }
+                    let _ = tx
+                        .send(EngineInput::LocalDone {
+                            io,
+                            ok: r.is_ok(),
+                            buf: None,
+                        })
+                        .await;
+                });
+            }
+            LocalOp::Zero {
+                offset_bytes,
+                len_bytes,
+                fua,
+            } => {
+                tokio::spawn(async move {
+                    let r = disk
+                        .write_zeroes(offset_bytes, len_bytes, true, false, fua)
+                        .await;
+                    if let Err(e) = &r {
+                        tracing::error!("{e}");
+                    }
+                    let _ = tx
+                        .send(EngineInput::LocalDone {
+                            io,
+                            ok: r.is_ok(),
+                            buf: None,
+                        })
+                        .await;
+                });
+            }
+            LocalOp::Read {
+                offset_bytes,
+                len_bytes,
+            } => {
+                tokio::spawn(async move {
+                    let buf = disk.alloc(len_bytes as usize);
+                    let r = disk.read(offset_bytes, buf).await;
+                    let (ok, buf) = match r {
+                        Ok(b) => (true, Some(b)),
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            (false, None)
+                        }
+                    };
+                    let _ = tx.send(EngineInput::LocalDone { io, ok, buf }).await;
+                });
+            }
+            LocalOp::Flush => {
+                tokio::spawn(async move {
+                    let r = disk.flush().await;
+                    if let Err(e) = &r {
+                        tracing::error!("{e}");
+                    }
+                    let _ = tx
+                        .send(EngineInput::LocalDone {
+                            io,
+                            ok: r.is_ok(),
+                            buf: None,
+                        })
+                        .await;
+                });
+            }
+        }
+    }
+
+    fn persist(&mut self, p: Persist) {
+        let result = tokio::task::block_in_place(|| match p {
+            Persist::Superblock(m) => self.meta.write_state(&m),
+            Persist::Bitmap => {
+                let pages = self.core.take_dirty_bitmap_pages();
+                self.meta.write_bitmap(self.core.bitmap(), &pages)
+            }
+            Persist::ActivityLog { extents } => self.meta.write_al(extents),
+        });
+        if let Err(e) = result {
+            // Metadata we cannot persist means we cannot keep our promises: stop here rather
+            // than acknowledge writes whose tracking is not durable.
+            tracing::error!("cannot persist metadata: {e}; stopping the resource");
+            std::process::exit(70);
+        }
+    }
+
+    fn save_bitmap(&mut self) {
+        let pages = self.core.take_dirty_bitmap_pages();
+        if pages.is_empty() {
+            return;
+        }
+        let result =
+            tokio::task::block_in_place(|| self.meta.write_bitmap(self.core.bitmap(), &pages));
+        if let Err(e) = result {
+            tracing::error!("cannot persist the bitmap: {e}; stopping the resource");
+            std::process::exit(70);
+        }
+    }
+
+    fn start_connecting(&mut self) {
+        if self.connecting || self.peer.is_some() {
+            return;
+        }
+        self.connecting = true;
+        (self.connect)(self.tx.clone(), self.hello.subscribe());
+    }
+
+    fn admin(&mut self, req: Request, done: oneshot::Sender<Response>) {
+        let cmd = match req {
+            Request::Status => {
+                let status = self.status();
+                let _ = done.send(Response::with_status(status));
+                return;
+            }
+            Request::Primary { force } => AdminCmd::Primary { force },
+            Request::Secondary { force } => AdminCmd::Secondary { force },
+            Request::Connect { discard_my_data } => AdminCmd::Connect { discard_my_data },
+            Request::Disconnect => AdminCmd::Disconnect,
+            Request::NewCurrentUuid { clear_bitmap } => AdminCmd::NewCurrentUuid { clear_bitmap },
+            Request::Down => {
+                let _ = done.send(self.down());
+                return;
+            }
+            Request::Events => {
+                let _ = done.send(Response::error("events are streamed: use `urbdadm events`"));
+                return;
+            }
+            other => {
+                let _ = done.send(Response::error(format!(
+                    "`{}` is not available in this version of urbd",
+                    other.cmd()
+                )));
+                return;
+            }
+        };
+        if self.admin.is_some() {
+            let _ = done.send(Response::error(
+                "another state change is in progress; retry",
+            ));
+            return;
+        }
+        self.admin = Some(AdminWaiter::Control(done));
+        self.step(Input::Admin(cmd));
+    }
+
+    /// `urbdadm down`: demote (refused with clients attached), disconnect, persist everything
+    /// with the clean-shutdown flag, exit.
+    fn down(&mut self) -> Response {
+        if self.core.role() == Role::Primary {
+            if self.core.clients() > 0 {
+                return Response::error(format!(
+                    "{} NBD client(s) attached; disconnect them (or `urbdadm secondary --force`) first",
+                    self.core.clients()
+                ));
+            }
+            self.step(Input::Admin(AdminCmd::Secondary { force: false }));
+        }
+        self.step(Input::Admin(AdminCmd::Disconnect));
+        if let Some((_, tx)) = self.peer.take() {
+            tx.close("resource going down");
+        }
+        let pages = self.core.take_dirty_bitmap_pages();
+        let view = self.core_view();
+        let result = tokio::task::block_in_place(|| {
+            self.meta.write_bitmap(self.core.bitmap(), &pages)?;
+            self.meta.clean_shutdown(&view)
+        });
+        self.exit_requested = true;
+        match result {
+            Ok(()) => Response::ok(),
+            Err(e) => Response::error(format!("metadata not saved cleanly: {e}")),
+        }
+    }
+
+    fn publish(&mut self, e: &Event) {
+        let line = self.info.event_line(e, &self.core);
+        match e {
+            Event::Message(m) => tracing::info!("{m}"),
+            Event::SplitBrain => {
+                tracing::warn!(
+                "split brain detected on resource {}: no data moved. On the node whose changes \
+                 are to be discarded run `urbdadm connect --discard-my-data {}`, then \
+                 `urbdadm connect {}` on the other",
+                self.info.resource, self.info.resource, self.info.resource
+            )
+            }
+            _ => tracing::info!("{line}"),
+        }
+        self.subscribers.retain(|s| match s.try_send(line.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    fn initial_events(&self) -> Vec<String> {
+        self.info.initial_events(&self.core)
+    }
+
+    pub fn status(&self) -> crate::control::Status {
+        self.info.status(&self.core)
+    }
+}
