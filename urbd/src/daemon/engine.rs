@@ -153,17 +153,12 @@ impl Engine {
         self.step(Input::Admin(AdminCmd::Connect {
             discard_my_data: false,
         }));
-        let _ = self.take_admin_reply_silently();
         while let Some(input) = rx.recv().await {
             self.handle(input);
             if self.exit_requested {
                 return;
             }
         }
-    }
-
-    fn take_admin_reply_silently(&mut self) -> Option<()> {
-        None
     }
 
     fn step(&mut self, input: Input) {
