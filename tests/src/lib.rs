@@ -4,6 +4,8 @@
 //! binary ([`server::Server`]) and drive it with NBD clients that nobody on
 //! the project wrote (qemu-io, qemu-img, nbdinfo, nbdcopy, fio, nbdfuse +
 //! the kernel's ext4), plus a hand-rolled hostile client ([`nbdraw`]).
+//! Replicated pairs (`urbd run` × 2, driven by `urbdadm`) are set up by
+//! [`pair::Pair`] and exercised in `scenarios/replicated.rs`.
 //!
 //! Set `URBD_TEST_SERVER=qemu-nbd` to run the same scenarios against
 //! `qemu-nbd` instead; that is how the tests themselves are validated
@@ -29,6 +31,7 @@
 pub mod clients;
 pub mod json;
 pub mod nbdraw;
+pub mod pair;
 pub mod server;
 pub mod tools;
 pub mod util;
