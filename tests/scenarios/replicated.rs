@@ -668,6 +668,12 @@ fn secondary_kill9_during_writes() {
         p.u64_at("out-of-sync-bytes") > 0,
         "writes after the kill must be marked out of sync for beta: {s}"
     );
+    // Only what beta missed is out of sync: fio writes inside its first
+    // `size` bytes (4K-aligned blocks, 4K bitmap bits), nothing beyond.
+    assert!(
+        p.u64_at("out-of-sync-bytes") <= size,
+        "more out of sync than fio could have written ({size} bytes): {s}"
+    );
     assert_eq!(s.str_at("role"), "Primary");
     assert_eq!(s.str_at("disk-state"), "UpToDate");
 
