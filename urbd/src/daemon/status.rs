@@ -90,7 +90,8 @@ impl StatusInfo {
             protocol: self.protocol.clone(),
             generation: Generation::from_uuids(uuids.current, uuids.bitmap, &uuids.history),
             nbd: NbdStatus {
-                address: Some(self.nbd_address.clone()),
+                address: (core.role() == urbd_protocol::Role::Primary)
+                    .then(|| self.nbd_address.clone()),
                 clients: core.clients(),
             },
             peers: vec![PeerStatus {
