@@ -3,7 +3,7 @@
 
 use urbd_protocol::{ConnectionState, DiskState, ReplicationState, Role, UUID_JUST_CREATED};
 
-use super::decision::{self, SideInfo, SplitBrainPolicy, SyncDirection, Verdict};
+use super::decision::{self, SideInfo, SyncDirection, Verdict};
 use super::*;
 
 impl Core {
@@ -64,7 +64,7 @@ impl Core {
         self.event(Event::PeerDisk(peer.disk));
         let me = self.side_info(&self.view(), &self.cfg.node_name.clone());
         let them = self.side_info(&peer, &self.cfg.peer_name.clone());
-        let d = decision::decide(&me, &them, &SplitBrainPolicy::default());
+        let d = decision::decide(&me, &them, &self.cfg.split_brain);
         self.event(Event::Message(format!(
             "connect decision (rule {}): {}",
             d.rule, d.reason

@@ -60,6 +60,8 @@ pub struct CoreConfig {
     /// Seeds new generation UUIDs (random in the daemon, the seed in the simulator): the core
     /// itself has no randomness, so a run replays exactly.
     pub uuid_seed: u64,
+    /// Automatic split-brain recovery policies (all `disconnect` by default).
+    pub split_brain: decision::SplitBrainPolicy,
 }
 
 /// Metadata the core starts from (read from the superblock).

@@ -30,6 +30,7 @@ fn config(name: &str, peer: &str, protocol: ReplicationProtocol) -> CoreConfig {
         al_extents: 8,
         al_extent_bytes: 4 << 20,
         uuid_seed: name.len() as u64 * 7919 + 1,
+        split_brain: Default::default(),
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tokio::sync::{mpsc, watch};
-use urbd_replicator::core::{Core, CoreConfig};
+use urbd_replicator::core::{decision, Core, CoreConfig};
 use urbd_replicator::disk::{DiskConfig, LocalDisk};
 
 use crate::config::{Config, MetaDisk};
@@ -99,7 +99,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         al_extents: attached.al_extents as usize,
         al_extent_bytes: attached.al_extent_bytes,
         uuid_seed: urbd_replicator::meta::new_uuid(),
+        split_brain: split_brain_policy(&cfg.split_brain),
     };
+    warn_unimplemented(&cfg);
     let core = Core::new(core_cfg, attached.restored);
     let (tx, rx) = mpsc::channel(ENGINE_QUEUE_INPUTS);
 
@@ -256,4 +258,48 @@ fn largest_power_of_two_at_most(n: u64) -> u32 {
 fn resync_chunk_bytes(max_data_bytes: u64, bytes_per_bit: u32) -> u32 {
     let chunk = u64::from(largest_power_of_two_at_most(max_data_bytes)).min(1 << 20);
     chunk.max(u64::from(bytes_per_bit)) as u32
+}
+
+fn split_brain_policy(c: &crate::config::SplitBrainConfig) -> decision::SplitBrainPolicy {
+    use crate::config::{AfterSb0Pri as C0, AfterSb1Pri as C1, AfterSb2Pri as C2};
+    use decision::{After0Pri as P0, After1Pri as P1, After2Pri as P2};
+    decision::SplitBrainPolicy {
+        after_sb_0pri: match &c.after_sb_0pri {
+            C0::Disconnect => P0::Disconnect,
+            C0::DiscardYoungerPrimary => P0::DiscardYoungerPrimary,
+            C0::DiscardOlderPrimary => P0::DiscardOlderPrimary,
+            C0::DiscardZeroChanges => P0::DiscardZeroChanges,
+            C0::DiscardLeastChanges => P0::DiscardLeastChanges,
+            C0::DiscardNode(n) => P0::DiscardNode(n.clone()),
+        },
+        after_sb_1pri: match c.after_sb_1pri {
+            C1::Disconnect => P1::Disconnect,
+            C1::Consensus => P1::Consensus,
+            C1::DiscardSecondary => P1::DiscardSecondary,
+        },
+        after_sb_2pri: match c.after_sb_2pri {
+            C2::Disconnect => P2::Disconnect,
+        },
+        always_asbp: false,
+    }
+}
+
+/// Keys this version parses but does not act on yet: say so once at start, never silently.
+fn warn_unimplemented(cfg: &crate::config::ResourceConfig) {
+    let path = cfg.path.display();
+    let h = &cfg.handlers;
+    let handlers = [
+        ("split-brain", &h.split_brain),
+        ("fence-peer", &h.fence_peer),
+        ("before-resync-target", &h.before_resync_target),
+        ("after-resync-target", &h.after_resync_target),
+    ];
+    for (key, value) in handlers {
+        if value.is_some() {
+            tracing::warn!("{path}: [handlers] {key} is not run by this version of urbd (events and the log report the same state changes)");
+        }
+    }
+    if cfg.resync.csums_alg != crate::config::CsumsAlg::None {
+        tracing::warn!("{path}: [resync] csums-alg is not used by this version: resync sends every marked block");
+    }
 }
