@@ -15,4 +15,12 @@ cargo build --workspace --release --bins
 echo "== quick benchmark (fails only on I/O or verify errors)"
 bench/run --quick --json target/bench/quick.json
 echo "== tests"
-cargo test --workspace --release -- --test-threads="${URBD_TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --release -- --test-threads="${URBD_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run (cargo's last line is a doc-test summary).
+passed=$(grep -o '[0-9]\+ passed' "$log" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -o '[0-9]\+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+echo "summary: $passed passed, $failed failed"
+exit "$status"
