@@ -62,6 +62,12 @@ wire_enum! {
         VerifyReply = 0x0037 => "VerifyReply",
         /// §4.23
         ResyncDone = 0x0038 => "ResyncDone",
+        /// §4.27
+        ResyncStart = 0x0039 => "ResyncStart",
+        /// §4.28
+        SyncPause = 0x003a => "SyncPause",
+        /// §4.29
+        VerifyStart = 0x003b => "VerifyStart",
         /// §4.24
         StateChange = 0x0040 => "StateChange",
         /// §4.25
@@ -110,8 +116,15 @@ impl MessageType {
             BitmapChunk => (13, OPEN),
             ResyncRequest | InSync => (12, 12),
             // offset 8 + length 4 + algorithm 1 + digest 4 (crc32c) ..= 32 (sha256)
-            CsumRequest | VerifyReply => (17, 45),
-            VerifyRequest => (13, 13),
+            CsumRequest | VerifyRequest => (17, 45),
+            // offset 8 + length 4 + in-sync 1
+            VerifyReply => (13, 13),
+            // full 1 + sender-is-target 1
+            ResyncStart => (2, 2),
+            // paused 1
+            SyncPause => (1, 1),
+            // start 8 + stop 8
+            VerifyStart => (16, 16),
             StateChange => (3, 3),
             StateChangeReply => (10, 10),
             Disconnect => (2, 2),
@@ -134,10 +147,10 @@ impl MessageType {
         match self {
             Hello | AuthChallenge | AuthResponse | AuthResult => Socket::Both,
             RecvAck | WriteAck | NegAck | BarrierAck | FlushAck | Ping | PingAck | InSync
-            | StateChangeReply => Socket::Meta,
+            | VerifyReply | StateChangeReply => Socket::Meta,
             Params | State | Data | Barrier | FlushReq | Trim | WriteZeroes | BitmapChunk
-            | SyncUuid | ResyncRequest | ResyncData | CsumRequest | VerifyRequest | VerifyReply
-            | ResyncDone | StateChange | Disconnect => Socket::Data,
+            | SyncUuid | ResyncRequest | ResyncData | CsumRequest | VerifyRequest | ResyncDone
+            | ResyncStart | SyncPause | VerifyStart | StateChange | Disconnect => Socket::Data,
         }
     }
 

@@ -168,13 +168,22 @@ fn examples() -> Vec<Message> {
         Message::InSync(range),
         Message::VerifyRequest(VerifyRequest {
             range,
-            algorithm: DigestAlgorithm::Sha256,
+            digest: Digest::Sha256([9; 32]),
         }),
         Message::VerifyReply(VerifyReply {
             range,
-            digest: Digest::Sha256([9; 32]),
+            in_sync: false,
         }),
         Message::ResyncDone,
+        Message::ResyncStart(ResyncStart {
+            full: true,
+            sender_is_target: true,
+        }),
+        Message::SyncPause { paused: true },
+        Message::VerifyStart(VerifyStart {
+            start_bytes: 0,
+            stop_bytes: 1 << 20,
+        }),
         Message::StateChange(StateChange {
             role: Some(Role::Primary),
             disk: None,
@@ -245,6 +254,9 @@ fn type_numbers_match_spec_table() {
         (MessageType::VerifyRequest, 0x0036),
         (MessageType::VerifyReply, 0x0037),
         (MessageType::ResyncDone, 0x0038),
+        (MessageType::ResyncStart, 0x0039),
+        (MessageType::SyncPause, 0x003a),
+        (MessageType::VerifyStart, 0x003b),
         (MessageType::StateChange, 0x0040),
         (MessageType::StateChangeReply, 0x0041),
         (MessageType::Disconnect, 0x0042),

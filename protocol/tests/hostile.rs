@@ -338,6 +338,23 @@ fn payload_rules_are_enforced() {
     }
     assert!(parse(t(MessageType::StateChange), 0, &[3, 1, 8]).is_ok());
 
+    // §4.27 ResyncStart, §4.28 SyncPause, §4.22 VerifyReply: boolean bytes are 0 or 1.
+    assert!(parse(t(MessageType::ResyncStart), 0, &[1, 0]).is_ok());
+    assert!(parse(t(MessageType::ResyncStart), 0, &[2, 0]).is_err());
+    assert!(parse(t(MessageType::SyncPause), 0, &[1]).is_ok());
+    assert!(parse(t(MessageType::SyncPause), 0, &[0xff]).is_err());
+    let mut verify_reply = [0u8; 13];
+    verify_reply[11] = 1; // length 1
+    verify_reply[12] = 2;
+    assert!(parse(t(MessageType::VerifyReply), 0, &verify_reply).is_err());
+    // §4.29 VerifyStart: start below stop.
+    let mut verify_start = [0u8; 16];
+    verify_start[7] = 5;
+    verify_start[15] = 5;
+    assert!(parse(t(MessageType::VerifyStart), 0, &verify_start).is_err());
+    verify_start[15] = 6;
+    assert!(parse(t(MessageType::VerifyStart), 0, &verify_start).is_ok());
+
     // §4.25 StateChangeReply unknown refusal; §4.26 Disconnect unknown reason.
     let mut reply = [0u8; 10];
     reply[9] = 200;

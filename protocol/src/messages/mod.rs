@@ -12,8 +12,9 @@ use crate::header::{Header, CRC_LEN_BYTES, HEADER_LEN_BYTES, VERSION};
 use crate::wire::Reader;
 use crate::{
     AuthChallenge, AuthResponse, AuthResult, BarrierAck, BitmapChunk, BlockRange, CsumRequest,
-    Data, Disconnect, Error, Hello, MessageType, NegAck, Params, RangeWrite, ResyncData, State,
-    StateChange, StateChangeReply, VerifyReply, VerifyRequest, WriteFlags,
+    Data, Disconnect, Error, Hello, MessageType, NegAck, Params, RangeWrite, ResyncData,
+    ResyncStart, State, StateChange, StateChangeReply, VerifyReply, VerifyRequest, VerifyStart,
+    WriteFlags,
 };
 
 /// Every message of protocol version 1. The section of PROTOCOL.md describing each is given.
@@ -75,6 +76,12 @@ pub enum Message {
     VerifyReply(VerifyReply),
     /// §4.23
     ResyncDone,
+    /// §4.27: an operator-requested resync (invalidate, invalidate-remote, verify --repair).
+    ResyncStart(ResyncStart),
+    /// §4.28: the sender paused (`true`) or resumed (`false`) the resync (`pause-sync`).
+    SyncPause { paused: bool },
+    /// §4.29: an online verify of a range begins; the receiver is VerifyT.
+    VerifyStart(VerifyStart),
     /// §4.24
     StateChange(StateChange),
     /// §4.25
@@ -114,6 +121,9 @@ impl Message {
             Message::VerifyRequest(_) => MessageType::VerifyRequest,
             Message::VerifyReply(_) => MessageType::VerifyReply,
             Message::ResyncDone => MessageType::ResyncDone,
+            Message::ResyncStart(_) => MessageType::ResyncStart,
+            Message::SyncPause { .. } => MessageType::SyncPause,
+            Message::VerifyStart(_) => MessageType::VerifyStart,
             Message::StateChange(_) => MessageType::StateChange,
             Message::StateChangeReply(_) => MessageType::StateChangeReply,
             Message::Disconnect(_) => MessageType::Disconnect,
@@ -153,8 +163,11 @@ impl Message {
             Message::ResyncRequest(_) | Message::InSync(_) => BlockRange::LEN_BYTES,
             Message::ResyncData(data) => data.encoded_len_bytes(),
             Message::CsumRequest(request) => request.encoded_len_bytes(),
-            Message::VerifyRequest(_) => VerifyRequest::LEN_BYTES,
-            Message::VerifyReply(reply) => reply.encoded_len_bytes(),
+            Message::VerifyRequest(request) => request.encoded_len_bytes(),
+            Message::VerifyReply(_) => VerifyReply::LEN_BYTES,
+            Message::ResyncStart(_) => ResyncStart::LEN_BYTES,
+            Message::SyncPause { .. } => 1,
+            Message::VerifyStart(_) => VerifyStart::LEN_BYTES,
             Message::StateChange(_) => StateChange::LEN_BYTES,
             Message::StateChangeReply(_) => StateChangeReply::LEN_BYTES,
             Message::Disconnect(_) => 2,
@@ -222,6 +235,9 @@ impl Message {
             Message::CsumRequest(request) => request.put(out),
             Message::VerifyRequest(request) => request.put(out),
             Message::VerifyReply(reply) => reply.put(out),
+            Message::ResyncStart(start) => start.put(out),
+            Message::SyncPause { paused } => out.put_u8(u8::from(*paused)),
+            Message::VerifyStart(start) => start.put(out),
             Message::StateChange(change) => change.put(out),
             Message::StateChangeReply(reply) => reply.put(out),
             Message::Disconnect(disconnect) => disconnect.put(out),
@@ -282,6 +298,11 @@ impl Message {
             MessageType::VerifyRequest => Message::VerifyRequest(VerifyRequest::take(r)?),
             MessageType::VerifyReply => Message::VerifyReply(VerifyReply::take(r)?),
             MessageType::ResyncDone => Message::ResyncDone,
+            MessageType::ResyncStart => Message::ResyncStart(ResyncStart::take(r)?),
+            MessageType::SyncPause => Message::SyncPause {
+                paused: resync::take_bool(r, "paused")?,
+            },
+            MessageType::VerifyStart => Message::VerifyStart(VerifyStart::take(r)?),
             MessageType::StateChange => Message::StateChange(StateChange::take(r)?),
             MessageType::StateChangeReply => Message::StateChangeReply(StateChangeReply::take(r)?),
             MessageType::Disconnect => Message::Disconnect(Disconnect::take(r)?),

@@ -200,40 +200,17 @@ impl CsumRequest {
     }
 }
 
-/// VerifyS → VerifyT: "send me the digest of this block" (§4.22). Request id = `seq`.
+/// VerifyS → VerifyT: "here is my digest of this block; compare it with yours" (§4.22).
+/// Request id = `seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct VerifyRequest {
     /// The block.
     pub range: BlockRange,
-    /// Which digest to compute.
-    pub algorithm: DigestAlgorithm,
-}
-
-impl VerifyRequest {
-    pub(crate) const LEN_BYTES: usize = BlockRange::LEN_BYTES + 1;
-
-    pub(crate) fn put(&self, out: &mut BytesMut) {
-        self.range.put(out);
-        out.put_u8(self.algorithm.to_wire());
-    }
-
-    pub(crate) fn take(r: &mut Reader) -> Result<Self, Error> {
-        let range = BlockRange::take(r)?;
-        let algorithm = DigestAlgorithm::try_from(r.u8("digest algorithm")?)?;
-        Ok(VerifyRequest { range, algorithm })
-    }
-}
-
-/// VerifyT → VerifyS: the digest of its copy of the block (§4.22).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct VerifyReply {
-    /// The block, as in the request.
-    pub range: BlockRange,
-    /// Digest of the VerifyT's copy.
+    /// Digest of the VerifyS side's copy (its algorithm is the one to use).
     pub digest: Digest,
 }
 
-impl VerifyReply {
+impl VerifyRequest {
     pub(crate) fn encoded_len_bytes(&self) -> usize {
         BlockRange::LEN_BYTES + self.digest.encoded_len_bytes()
     }
@@ -244,9 +221,107 @@ impl VerifyReply {
     }
 
     pub(crate) fn take(r: &mut Reader) -> Result<Self, Error> {
-        Ok(VerifyReply {
+        Ok(VerifyRequest {
             range: BlockRange::take(r)?,
             digest: Digest::take(r)?,
         })
+    }
+}
+
+/// VerifyT → VerifyS: whether its copy of the block has the same digest (§4.22).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VerifyReply {
+    /// The block, as in the request.
+    pub range: BlockRange,
+    /// The digests matched.
+    pub in_sync: bool,
+}
+
+impl VerifyReply {
+    pub(crate) const LEN_BYTES: usize = BlockRange::LEN_BYTES + 1;
+
+    pub(crate) fn put(&self, out: &mut BytesMut) {
+        self.range.put(out);
+        out.put_u8(u8::from(self.in_sync));
+    }
+
+    pub(crate) fn take(r: &mut Reader) -> Result<Self, Error> {
+        let range = BlockRange::take(r)?;
+        let in_sync = take_bool(r, "in_sync")?;
+        Ok(VerifyReply { range, in_sync })
+    }
+}
+
+/// The start of an online verify of `[start_bytes, stop_bytes)` (§4.29): the receiver becomes
+/// VerifyT and expects `VerifyRequest`s covering exactly that range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VerifyStart {
+    /// First byte verified.
+    pub start_bytes: u64,
+    /// End of the verified range (exclusive); above `start_bytes`.
+    pub stop_bytes: u64,
+}
+
+impl VerifyStart {
+    pub(crate) const LEN_BYTES: usize = 16;
+
+    pub(crate) fn put(&self, out: &mut BytesMut) {
+        out.put_u64(self.start_bytes);
+        out.put_u64(self.stop_bytes);
+    }
+
+    pub(crate) fn take(r: &mut Reader) -> Result<Self, Error> {
+        let start_bytes = r.u64("start_bytes")?;
+        let stop_bytes = r.u64("stop_bytes")?;
+        if start_bytes >= stop_bytes {
+            return Err(Error::InvalidField {
+                field: "VerifyStart",
+                reason: "start_bytes is not below stop_bytes",
+            });
+        }
+        Ok(VerifyStart {
+            start_bytes,
+            stop_bytes,
+        })
+    }
+}
+
+/// An operator-requested resync on an established connection (§4.27): `invalidate` (the
+/// sender discards its data: `sender_is_target`) or `invalidate-remote` / `verify --repair`
+/// (the sender is the SyncSource).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResyncStart {
+    /// Every block is resynced (else only the blocks marked in either bitmap, after a bitmap
+    /// exchange, §7.5).
+    pub full: bool,
+    /// The sender becomes SyncTarget (else SyncSource).
+    pub sender_is_target: bool,
+}
+
+impl ResyncStart {
+    pub(crate) const LEN_BYTES: usize = 2;
+
+    pub(crate) fn put(&self, out: &mut BytesMut) {
+        out.put_u8(u8::from(self.full));
+        out.put_u8(u8::from(self.sender_is_target));
+    }
+
+    pub(crate) fn take(r: &mut Reader) -> Result<Self, Error> {
+        Ok(ResyncStart {
+            full: take_bool(r, "full")?,
+            sender_is_target: take_bool(r, "sender_is_target")?,
+        })
+    }
+}
+
+/// A boolean byte: 0 or 1, anything else is an error.
+pub(crate) fn take_bool(r: &mut Reader, field: &'static str) -> Result<bool, Error> {
+    match r.u8(field)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(Error::InvalidField {
+            field,
+            reason: "a boolean byte is 0 or 1",
+        }),
     }
 }

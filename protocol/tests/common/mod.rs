@@ -191,12 +191,23 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         (arb_block_range(), arb_digest())
             .prop_map(|(range, digest)| Message::CsumRequest(CsumRequest { range, digest })),
         arb_block_range().prop_map(Message::InSync),
-        (arb_block_range(), pick(DigestAlgorithm::ALL)).prop_map(|(range, algorithm)| {
-            Message::VerifyRequest(VerifyRequest { range, algorithm })
-        }),
         (arb_block_range(), arb_digest())
-            .prop_map(|(range, digest)| Message::VerifyReply(VerifyReply { range, digest })),
+            .prop_map(|(range, digest)| Message::VerifyRequest(VerifyRequest { range, digest })),
+        (arb_block_range(), any::<bool>())
+            .prop_map(|(range, in_sync)| Message::VerifyReply(VerifyReply { range, in_sync })),
         Just(Message::ResyncDone),
+        (any::<bool>(), any::<bool>()).prop_map(|(full, sender_is_target)| {
+            Message::ResyncStart(ResyncStart {
+                full,
+                sender_is_target,
+            })
+        }),
+        any::<bool>().prop_map(|paused| Message::SyncPause { paused }),
+        (0..u64::MAX).prop_flat_map(|start_bytes| (Just(start_bytes), start_bytes + 1..=u64::MAX))
+            .prop_map(|(start_bytes, stop_bytes)| Message::VerifyStart(VerifyStart {
+                start_bytes,
+                stop_bytes
+            })),
         arb_state_change().prop_map(Message::StateChange),
         (
             any::<u64>(),
