@@ -102,6 +102,9 @@ pub struct Engine {
     subscribers: Vec<mpsc::Sender<String>>,
     last_bitmap_save_ms: u64,
     pub exit_requested: bool,
+    /// Client requests (writes, zeroes, flushes) in the core at most: `max-inflight-writes`.
+    pub inflight_writes_max: usize,
+    held: std::collections::VecDeque<(ClientOp, oneshot::Sender<Result<(), IoFailure>>)>,
 }
 
 impl Engine {
@@ -140,6 +143,8 @@ impl Engine {
             subscribers: Vec::new(),
             last_bitmap_save_ms: 0,
             exit_requested: false,
+            inflight_writes_max: 1024,
+            held: std::collections::VecDeque::new(),
         }
     }
 
@@ -186,6 +191,11 @@ impl Engine {
     fn handle(&mut self, input: EngineInput) {
         match input {
             EngineInput::Client { op, done } => {
+                if self.client_done.len() >= self.inflight_writes_max {
+                    // The in-flight window (`max-inflight-writes`) is full: wait for an ack.
+                    self.held.push_back((op, done));
+                    return;
+                }
                 let id = self.next_client_id;
                 self.next_client_id += 1;
                 self.client_done.insert(id, done);
@@ -366,6 +376,13 @@ impl Engine {
             Action::AckClient { id, result } => {
                 if let Some(done) = self.client_done.remove(&id) {
                     let _ = done.send(result);
+                }
+                if let Some((op, done)) = self.held.pop_front() {
+                    let tx = self.tx.clone();
+                    // Re-enter through the channel: we are in the middle of performing actions.
+                    tokio::spawn(async move {
+                        let _ = tx.send(EngineInput::Client { op, done }).await;
+                    });
                 }
             }
             Action::Persist(p) => self.persist(p),

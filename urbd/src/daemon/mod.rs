@@ -215,7 +215,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let (hello_tx, _) = watch::channel(HelloState {
         view: core_view_initial(&core),
     });
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         core,
         disk,
         attached.meta,
@@ -225,6 +225,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         cfg.auto_promote,
         connect,
     );
+    engine.inflight_writes_max = cfg.net.max_inflight_writes.max(1) as usize;
     println!(
         "urbd: resource {} on node {} up; NBD export {uri} (served while Primary)",
         cfg.resource, local.name
