@@ -203,11 +203,14 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
             })
         }),
         any::<bool>().prop_map(|paused| Message::SyncPause { paused }),
-        (0..u64::MAX).prop_flat_map(|start_bytes| (Just(start_bytes), start_bytes + 1..=u64::MAX))
-            .prop_map(|(start_bytes, stop_bytes)| Message::VerifyStart(VerifyStart {
-                start_bytes,
-                stop_bytes
-            })),
+        (0..u64::MAX)
+            .prop_flat_map(|start_bytes| (Just(start_bytes), start_bytes + 1..=u64::MAX))
+            .prop_map(
+                |(start_bytes, stop_bytes)| Message::VerifyStart(VerifyStart {
+                    start_bytes,
+                    stop_bytes
+                })
+            ),
         arb_state_change().prop_map(Message::StateChange),
         (
             any::<u64>(),

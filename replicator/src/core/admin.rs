@@ -13,6 +13,15 @@ impl Core {
             AdminCmd::Connect { discard_my_data } => self.admin_connect(discard_my_data),
             AdminCmd::Disconnect => self.admin_disconnect(),
             AdminCmd::NewCurrentUuid { clear_bitmap } => self.admin_new_current_uuid(clear_bitmap),
+            AdminCmd::Invalidate => Some(self.admin_invalidate(true)),
+            AdminCmd::InvalidateRemote => Some(self.admin_invalidate(false)),
+            AdminCmd::PauseSync => Some(self.admin_pause_sync()),
+            AdminCmd::ResumeSync => Some(self.admin_resume_sync()),
+            AdminCmd::Verify {
+                start_bytes,
+                stop_bytes,
+                repair,
+            } => Some(self.admin_verify(start_bytes, stop_bytes, repair)),
         };
         if let Some(reply) = reply {
             self.emit(Action::AdminReply(reply));
@@ -40,6 +49,12 @@ impl Core {
                     "peer {peer} is Primary; demote it first (`urbdadm secondary` on {peer})"
                 )));
             }
+        }
+        if self.repl == ReplicationState::VerifyT {
+            let peer = &self.cfg.peer_name;
+            return Some(Err(format!(
+                "peer {peer} is running an online verify against this node (VerifyT); wait for it to finish"
+            )));
         }
         if matches!(
             self.disk,
@@ -102,6 +117,10 @@ impl Core {
             )));
         }
         self.set_role(Role::Secondary);
+        // The bits set while Primary must be durable before the superblock stops saying
+        // "Primary": after that a crash no longer resyncs the activity log (urbd-sim seed 13
+        // of the first runs: a write while disconnected, demote, crash → silent divergence).
+        self.emit(Action::Persist(Persist::Bitmap));
         self.persist_superblock();
         self.send_state();
         Some(Ok(()))
@@ -173,12 +192,118 @@ impl Core {
         Some(Ok(()))
     }
 
+    /// `invalidate` (`local`: discard our data, full resync from the peer) and
+    /// `invalidate-remote` (discard the peer's data, full resync to it), PROTOCOL.md §7.6.3.
+    fn admin_invalidate(&mut self, local: bool) -> Result<(), String> {
+        let peer_name = self.cfg.peer_name.clone();
+        let Some(peer) = self
+            .peer
+            .filter(|_| self.conn == ConnectionState::Connected)
+        else {
+            return Err(format!(
+                "not connected to {peer_name} (connection {}): a full resync needs the peer; `urbdadm connect` first",
+                self.conn
+            ));
+        };
+        if self.repl != ReplicationState::Established {
+            return Err(format!(
+                "replication is {}: wait for it to finish (`urbdadm wait-sync`)",
+                self.repl
+            ));
+        }
+        if local {
+            if self.role == Role::Primary {
+                return Err("this node is Primary: a Primary cannot discard its data (SyncTarget); demote it first (`urbdadm secondary`)".into());
+            }
+            if peer.disk != DiskState::UpToDate {
+                return Err(format!(
+                    "peer {peer_name}'s disk is {}: only an UpToDate disk can be the SyncSource",
+                    peer.disk
+                ));
+            }
+            self.event(Event::Message(format!(
+                "invalidate: discarding our data, full resync from {peer_name}"
+            )));
+            self.send_data(PeerMsg::ResyncStart {
+                full: true,
+                sender_is_target: true,
+            });
+            self.start_sync_target(true);
+            self.send_state();
+        } else {
+            if peer.role == Role::Primary {
+                return Err(format!(
+                    "peer {peer_name} is Primary: a Primary cannot discard its data (SyncTarget); demote it first"
+                ));
+            }
+            if self.disk != DiskState::UpToDate {
+                return Err(format!(
+                    "local disk is {}: only an UpToDate disk can be the SyncSource",
+                    self.disk
+                ));
+            }
+            self.event(Event::Message(format!(
+                "invalidate-remote: discarding {peer_name}'s data, full resync to it"
+            )));
+            self.send_data(PeerMsg::ResyncStart {
+                full: true,
+                sender_is_target: false,
+            });
+            if let Some(p) = self.peer.as_mut() {
+                p.disk = DiskState::Inconsistent;
+            }
+            self.event(Event::PeerDisk(DiskState::Inconsistent));
+            self.start_sync_source(true);
+        }
+        Ok(())
+    }
+
+    fn admin_pause_sync(&mut self) -> Result<(), String> {
+        if self.resync.is_none() {
+            return Err(format!(
+                "no resync is running (replication is {})",
+                self.repl
+            ));
+        }
+        if !self.sync_paused_here {
+            self.sync_paused_here = true;
+            self.send_data(PeerMsg::SyncPause { paused: true });
+            self.update_sync_repl();
+        }
+        Ok(())
+    }
+
+    fn admin_resume_sync(&mut self) -> Result<(), String> {
+        if self.resync.is_none() {
+            return Err(format!(
+                "no resync is running (replication is {})",
+                self.repl
+            ));
+        }
+        if !self.sync_paused_here {
+            return Err(if self.sync_paused_by_peer {
+                format!(
+                    "the resync was paused on {}: run `urbdadm resume-sync` there",
+                    self.cfg.peer_name
+                )
+            } else {
+                "the resync is not paused".into()
+            });
+        }
+        self.sync_paused_here = false;
+        self.send_data(PeerMsg::SyncPause { paused: false });
+        self.update_sync_repl();
+        self.pump_resync();
+        Ok(())
+    }
+
     pub(super) fn on_peer_admin(&mut self, msg: PeerMsg) {
         match msg {
             PeerMsg::PromoteRequest => {
                 // Both asked at once: the lower node name wins (PROTOCOL.md §7.8).
                 let we_win = self.promoting.is_some() && self.cfg.node_name < self.cfg.peer_name;
-                let ok = self.role != Role::Primary && !we_win;
+                // A verify run by this node must not see the peer start writing (§7.7).
+                let ok = self.role != Role::Primary && !we_win && self.verify.is_none();
                 self.send_meta(PeerMsg::PromoteReply { ok });
             }
             PeerMsg::PromoteReply { ok } => {

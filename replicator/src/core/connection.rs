@@ -7,7 +7,8 @@ use super::decision::{self, SideInfo, SyncDirection, Verdict};
 use super::*;
 
 impl Core {
-    pub(super) fn view(&self) -> PeerView {
+    /// What this node announces about itself (the State frame of a handshake).
+    pub fn view(&self) -> PeerView {
         PeerView {
             role: self.role,
             disk: self.disk,
@@ -181,8 +182,18 @@ impl Core {
             if r.source {
                 self.conflicts
                     .cancel_waiting(|o| matches!(o, Owner::ResyncRead(_)));
+                // Reads in flight complete later, perhaps during the next resync (urbd-sim
+                // seed 6 of the first runs: "resync read is tracked" panicked).
+                for off in r.read_offsets() {
+                    if self.conflicts.is_active(Owner::ResyncRead(off)) {
+                        self.orphan_resync_reads.push(off);
+                    }
+                }
             }
         }
+        self.sync_paused_here = false;
+        self.sync_paused_by_peer = false;
+        self.abort_verify(reason);
         self.peer_flushes.clear();
         if self.role == Role::Primary && peer_had_data {
             // A Primary that loses its peer starts a new data generation: at reconnect the
@@ -229,6 +240,7 @@ impl Core {
             }
         }
         self.pump_resync();
+        self.pump_verify();
     }
 
     /// True when this node holds a fresh, never-synced disk.

@@ -18,8 +18,9 @@ mod secondary;
 #[cfg(test)]
 mod tests;
 mod types;
+mod verify;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use urbd_protocol::{
     ConnectionState, DiskState, GenerationUuids, ReplicationProtocol, ReplicationState, Role,
@@ -62,6 +63,19 @@ pub struct CoreConfig {
     pub uuid_seed: u64,
     /// Automatic split-brain recovery policies (all `disconnect` by default).
     pub split_brain: decision::SplitBrainPolicy,
+    /// Resync (and online verify) rate ceiling, bytes per second (PROTOCOL.md §7.6.1).
+    pub resync_rate_max_bytes_per_s: u64,
+    /// The rate the resync is held to while application writes are in flight.
+    pub resync_rate_min_bytes_per_s: u64,
+    /// Digest of online verify (`verify-alg`).
+    pub verify_alg: urbd_protocol::DigestAlgorithm,
+}
+
+impl CoreConfig {
+    /// `[resync] rate-bytes-per-s-max` default: 200 MiB/s.
+    pub const RESYNC_RATE_MAX_DEFAULT: u64 = 200 << 20;
+    /// `[resync] rate-bytes-per-s-min` default: 10 MiB/s.
+    pub const RESYNC_RATE_MIN_DEFAULT: u64 = 10 << 20;
 }
 
 /// Metadata the core starts from (read from the superblock).
@@ -104,6 +118,10 @@ enum Owner {
     ResyncRead(u64),
     Peer(u64),
     ResyncWrite(u64),
+    /// A block of the online-verify range on VerifyS (verify block id).
+    VerifyS(u64),
+    /// A VerifyRequest on VerifyT (frame key).
+    VerifyT(u64),
 }
 
 /// The state machine of one resource on one node.
@@ -132,16 +150,31 @@ pub struct Core {
     uuid_counter: u64,
     conflicts: Conflicts<Owner>,
     // Primary side.
-    client_writes: HashMap<u64, ClientWrite>,
-    waiting_clients: HashMap<u64, ClientRequest>,
+    client_writes: BTreeMap<u64, ClientWrite>,
+    waiting_clients: BTreeMap<u64, ClientRequest>,
     /// Data frames not yet acknowledged by the peer: seq → client id (or resync offset).
     peer_pending: BTreeMap<u64, PeerPending>,
-    client_flushes: HashMap<u64, ClientFlush>,
+    client_flushes: BTreeMap<u64, ClientFlush>,
     // Secondary side.
-    peer_writes: HashMap<u64, PeerWrite>,
+    peer_writes: BTreeMap<u64, PeerWrite>,
     peer_flushes: Vec<(u64, u64)>,
     // Resync.
     resync: Option<resync::Resync>,
+    /// Resync reads still in flight when their resync ended (the peer was lost): their
+    /// completions are dropped, even if a new resync reads the same offset meanwhile.
+    orphan_resync_reads: Vec<u64>,
+    /// `pause-sync` on this node / on the peer (PROTOCOL.md §7.6.2).
+    sync_paused_here: bool,
+    sync_paused_by_peer: bool,
+    /// The resync/verify rate limiter (§7.6.1).
+    throttle: resync::Throttle,
+    /// When the last application write started (the rate controller's "under load").
+    last_app_write_ms: Option<u64>,
+    // Online verify (§7.7).
+    verify: Option<verify::Verify>,
+    /// The last finished verify (for status).
+    last_verify: Option<VerifyProgress>,
+    verify_block_next: u64,
     // Liveness.
     last_rx_ms: u64,
     ping_sent_ms: Option<u64>,
@@ -200,13 +233,21 @@ impl Core {
             epoch: 0,
             data_seq_next: 0,
             uuid_counter: 0,
-            client_writes: HashMap::new(),
-            waiting_clients: HashMap::new(),
+            client_writes: BTreeMap::new(),
+            waiting_clients: BTreeMap::new(),
             peer_pending: BTreeMap::new(),
-            client_flushes: HashMap::new(),
-            peer_writes: HashMap::new(),
+            client_flushes: BTreeMap::new(),
+            peer_writes: BTreeMap::new(),
             peer_flushes: Vec::new(),
             resync: None,
+            orphan_resync_reads: Vec::new(),
+            sync_paused_here: false,
+            sync_paused_by_peer: false,
+            throttle: resync::Throttle::default(),
+            last_app_write_ms: None,
+            verify: None,
+            last_verify: None,
+            verify_block_next: 0,
             last_rx_ms: 0,
             ping_sent_ms: None,
             last_ping_ms: 0,
@@ -254,6 +295,7 @@ impl Core {
                 self.on_peer_message(seq, msg);
             }
             Input::LocalDone { io, ok } => self.on_local_done(io, ok),
+            Input::DigestDone { io, digest } => self.on_digest_done(io, digest),
             Input::PeerBitmap {
                 first_bit,
                 bit_count,
@@ -288,6 +330,14 @@ impl Core {
             PeerMsg::Bitmap { .. } => self.emit(Action::Disconnect {
                 reason: "bitmap frame without its bits".into(),
             }),
+            PeerMsg::ResyncStart {
+                full,
+                sender_is_target,
+            } => self.on_peer_resync_start(full, sender_is_target),
+            PeerMsg::SyncPause { paused } => self.on_peer_sync_pause(paused),
+            PeerMsg::VerifyStart { .. }
+            | PeerMsg::VerifyRequest { .. }
+            | PeerMsg::VerifyReply { .. } => self.on_peer_verify(seq, msg),
         }
     }
 
@@ -298,6 +348,9 @@ impl Core {
             LocalIo::Peer(seq) | LocalIo::ResyncWrite(seq) => self.peer_write_done(seq, ok),
             LocalIo::PeerFlush(flush_id) => self.peer_flush_done(flush_id, ok),
             LocalIo::ResyncRead(offset) => self.step_sync_source_read_done(offset, ok),
+            LocalIo::VerifyDigest(_) | LocalIo::PeerVerifyDigest(_) => {
+                panic!("a digest completes with Input::DigestDone, not LocalDone")
+            }
         }
     }
 
@@ -312,7 +365,7 @@ impl Core {
     /// Sends a frame on the data socket, numbering it.
     fn send_data(&mut self, msg: PeerMsg) -> u64 {
         let seq = self.data_seq_next;
-        self.data_seq_next += 1;
+        self.data_seq_next += msg.wire_frames();
         self.emit(Action::Send {
             seq: Some(seq),
             msg,
@@ -432,6 +485,13 @@ impl Core {
     pub fn resync_progress(&self) -> Option<(u64, u64)> {
         self.resync.as_ref().map(|r| (r.done_bytes, r.total_bytes))
     }
+    /// The running online verify, else the last finished one (since this process started).
+    pub fn verify_progress(&self) -> Option<VerifyProgress> {
+        self.verify
+            .as_ref()
+            .map(|v| v.progress())
+            .or(self.last_verify)
+    }
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
     }
@@ -446,7 +506,10 @@ impl Core {
 
     /// Invariants that must hold after every step (kept on in release builds).
     fn check_invariants(&self) {
-        if self.repl == ReplicationState::SyncTarget {
+        if matches!(
+            self.repl,
+            ReplicationState::SyncTarget | ReplicationState::PausedSyncT
+        ) {
             assert!(
                 self.disk == DiskState::Inconsistent,
                 "SyncTarget with a {} disk",
@@ -480,6 +543,7 @@ impl Core {
                 "peer requests outstanding while disconnected"
             );
             assert!(self.resync.is_none(), "resync while disconnected");
+            assert!(self.verify.is_none(), "verify while disconnected");
         }
     }
 }

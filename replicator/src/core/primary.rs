@@ -18,6 +18,8 @@ impl Core {
                 ReplicationState::Established
                     | ReplicationState::SyncSource
                     | ReplicationState::PausedSyncS
+                    | ReplicationState::VerifyS
+                    | ReplicationState::VerifyT
             )
             && self.peer.as_ref().is_some_and(|p| {
                 matches!(
@@ -59,6 +61,7 @@ impl Core {
                     offset_bytes + len_bytes <= self.cfg.data_size_bytes,
                     "client I/O past the end"
                 );
+                self.last_app_write_ms = Some(self.now_ms);
                 if self.conflicts.try_start(
                     offset_bytes,
                     offset_bytes + len_bytes,
@@ -230,6 +233,11 @@ impl Core {
         for next in self.conflicts.finish(Owner::Client(id)) {
             self.start_owner(next);
         }
+        // Resync and verify hold back while writes wait (§7.6.1): go on when they no longer do.
+        if self.waiting_clients.is_empty() {
+            self.pump_resync();
+            self.pump_verify();
+        }
     }
 
     /// Starts an operation that was waiting behind an overlapping one.
@@ -243,6 +251,7 @@ impl Core {
                 self.start_client_write(req);
             }
             Owner::ResyncRead(offset) => self.start_resync_read(offset),
+            Owner::VerifyS(_) | Owner::VerifyT(_) => self.start_verify_owner(owner),
             Owner::Peer(seq) | Owner::ResyncWrite(seq) => self.start_peer_write(seq),
         }
     }

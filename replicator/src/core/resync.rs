@@ -4,8 +4,20 @@
 //! detection, so a resync never overwrites newer application data on the target: an
 //! application write to a range being read waits for the read, and its data frame follows the
 //! resync frame on the same ordered data socket.
+//!
+//! Rate control (PROTOCOL.md §7.6.1): the SyncSource starts a resync read only when a token
+//! bucket, refilled from `now_ms` on every step (ticks included), holds its length. The bucket
+//! fills at `resync_rate_max_bytes_per_s`, or at `resync_rate_min_bytes_per_s` while the
+//! application writes (a write in flight or waiting, or one started in the last
+//! `LOAD_HOLD_MS`), and holds at most `BURST_MS` worth of bytes (at least one chunk). While an
+//! application write waits on a conflict, no new resync read starts at all, so a write held up
+//! behind a resync read waits for at most the reads already in flight.
+//!
+//! Pause (§7.6.2): the resync runs only while neither side has it paused (`pause-sync`); the
+//! SyncSource then sends nothing new and shows PausedSyncS, the target PausedSyncT. Resume
+//! continues from the cursor: the bitmap still holds every block not yet acknowledged.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use urbd_protocol::{DiskState, ReplicationState, Role, UUID_RESYNC_BUMP};
 
@@ -16,7 +28,7 @@ pub(super) struct Resync {
     pub(super) source: bool,
     pub(super) cursor_bytes: u64,
     /// Reads in flight (or waiting on a conflict) on the source: offset → length.
-    reads: HashMap<u64, u64>,
+    reads: BTreeMap<u64, u64>,
     acks_outstanding: usize,
     pub(super) done_bytes: u64,
     pub(super) total_bytes: u64,
@@ -25,12 +37,161 @@ pub(super) struct Resync {
     /// The peer's whole bitmap has been ORed into ours (always true for a full sync): only
     /// then may the source send, and finish.
     pub(super) peer_bitmap_complete: bool,
+    started_ms: u64,
 }
 
 /// Bits per bitmap frame (64 KiB of bits: well under the smallest frame limit).
 const BITMAP_CHUNK_BITS: u64 = 64 * 1024 * 8;
 
 const RESYNC_PASSES_MAX: u32 = 3;
+
+/// The bucket holds at most this much time's worth of bytes (at least one resync chunk).
+const BURST_MS: u64 = 100;
+/// An application write started this recently still counts as load.
+pub(super) const LOAD_HOLD_MS: u64 = 100;
+
+/// Token bucket of the resync/verify rate controller (§7.6.1), in milli-bytes so that integer
+/// refills at any rate and tick lose nothing.
+#[derive(Debug, Default)]
+pub(super) struct Throttle {
+    tokens_milli: u64,
+    /// Last refill; `None`: a new resync or verify, the bucket starts full.
+    pub(super) last_ms: Option<u64>,
+}
+
+impl Core {
+    /// Application writes in flight, waiting, or started within `LOAD_HOLD_MS`.
+    pub(super) fn under_app_load(&self) -> bool {
+        !self.client_writes.is_empty()
+            || !self.waiting_clients.is_empty()
+            || self
+                .last_app_write_ms
+                .is_some_and(|t| self.now_ms.saturating_sub(t) < LOAD_HOLD_MS)
+    }
+
+    /// The rate the resync may go at right now.
+    pub(super) fn resync_rate_bytes_per_s(&self) -> u64 {
+        let max = self.cfg.resync_rate_max_bytes_per_s;
+        if self.under_app_load() {
+            self.cfg.resync_rate_min_bytes_per_s.min(max)
+        } else {
+            max
+        }
+    }
+
+    /// Takes `len` bytes from the bucket (after refilling it); false if it holds fewer.
+    pub(super) fn throttle_take(&mut self, len: u64) -> bool {
+        let rate = self.resync_rate_bytes_per_s();
+        let chunk = u64::from(self.cfg.resync_chunk_bytes);
+        let cap = rate
+            .saturating_mul(BURST_MS)
+            .max(chunk.saturating_mul(1000));
+        let now = self.now_ms;
+        let t = &mut self.throttle;
+        t.tokens_milli = match t.last_ms {
+            None => cap,
+            Some(last) => t
+                .tokens_milli
+                .saturating_add(rate.saturating_mul(now.saturating_sub(last))),
+        }
+        .min(cap);
+        t.last_ms = Some(now);
+        let need = len.saturating_mul(1000);
+        if t.tokens_milli >= need {
+            t.tokens_milli -= need;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// SyncSource/PausedSyncS, SyncTarget/PausedSyncT after the pause flags.
+    pub(super) fn update_sync_repl(&mut self) {
+        let Some(r) = self.resync.as_ref() else {
+            return;
+        };
+        let paused = self.sync_paused_here || self.sync_paused_by_peer;
+        let state = match (r.source, paused) {
+            (true, false) => ReplicationState::SyncSource,
+            (true, true) => ReplicationState::PausedSyncS,
+            (false, false) => ReplicationState::SyncTarget,
+            (false, true) => ReplicationState::PausedSyncT,
+        };
+        self.set_repl(state);
+    }
+
+    pub(super) fn is_sync_target(&self) -> bool {
+        matches!(
+            self.repl,
+            ReplicationState::SyncTarget | ReplicationState::PausedSyncT
+        )
+    }
+
+    /// A resync starts or ends: no pause carries over, the bucket starts full.
+    fn reset_resync_controls(&mut self) {
+        self.sync_paused_here = false;
+        self.sync_paused_by_peer = false;
+        self.throttle.last_ms = None;
+    }
+
+    /// The peer asks for a resync in a given direction (§4.27: invalidate, invalidate-remote,
+    /// verify --repair).
+    pub(super) fn on_peer_resync_start(&mut self, full: bool, sender_is_target: bool) {
+        let busy = self.repl != ReplicationState::Established
+            || self.resync.is_some()
+            || self.verify.is_some();
+        let refusal = if busy {
+            Some(format!("replication is {}", self.repl))
+        } else if sender_is_target && self.disk != DiskState::UpToDate {
+            Some(format!("our disk is {}, not UpToDate", self.disk))
+        } else if !sender_is_target && self.role == Role::Primary {
+            Some("this node is Primary and cannot become SyncTarget".into())
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            let reason = format!("peer asked for a resync we cannot take part in: {why}");
+            self.event(Event::Message(reason.clone()));
+            self.emit(Action::Disconnect { reason });
+            return;
+        }
+        if sender_is_target {
+            if let Some(p) = self.peer.as_mut() {
+                p.disk = DiskState::Inconsistent;
+            }
+            self.event(Event::PeerDisk(DiskState::Inconsistent));
+            self.event(Event::Message(format!(
+                "peer discards its data (invalidate): {} resync to it",
+                if full { "full" } else { "bitmap" }
+            )));
+            self.start_sync_source(full);
+        } else {
+            self.event(Event::Message(format!(
+                "peer overwrites our data (invalidate-remote or verify --repair): {} resync from it",
+                if full { "full" } else { "bitmap" }
+            )));
+            self.start_sync_target(full);
+            self.send_state();
+        }
+    }
+
+    /// The peer paused or resumed the resync (§4.28).
+    pub(super) fn on_peer_sync_pause(&mut self, paused: bool) {
+        if self.resync.is_none() {
+            return; // it ended meanwhile
+        }
+        self.sync_paused_by_peer = paused;
+        self.update_sync_repl();
+        self.pump_resync();
+    }
+}
+
+impl Resync {
+    /// Offsets of the resync reads started or waiting.
+    pub(super) fn read_offsets(&self) -> Vec<u64> {
+        self.reads.keys().copied().collect()
+    }
+}
 
 impl Core {
     /// Becomes SyncSource: `full` marks every block first.
@@ -42,6 +203,12 @@ impl Core {
         // mix that matches no generation of ours.
         if self.uuids.bitmap == 0 {
             self.uuids.bitmap = self.uuids.current & !1;
+        } else {
+            // DRBD's drbd_uuid_set: the previous bitmap UUID (the target's current if our last
+            // SyncUuid reached it) moves to history, where rules 51/71 look for it when this
+            // SyncUuid is lost (found by urbd-sim seed 0: an interrupted initial sync, then a
+            // crash while persisting the second SyncUuid, left "unrelated data").
+            self.uuids.history = [self.uuids.bitmap, self.uuids.history[0]];
         }
         self.uuids.bitmap = self.uuids.bitmap.wrapping_add(UUID_RESYNC_BUMP);
         let sync_uuid = self.uuids.bitmap;
@@ -49,17 +216,19 @@ impl Core {
         self.emit(Action::Persist(Persist::Bitmap));
         self.send_data(PeerMsg::SyncUuid { uuid: sync_uuid });
         let total_bytes = self.bitmap.dirty_bytes();
+        self.reset_resync_controls();
         self.resync = Some(Resync {
             source: true,
             cursor_bytes: 0,
-            reads: HashMap::new(),
+            reads: BTreeMap::new(),
             acks_outstanding: 0,
             done_bytes: 0,
             total_bytes,
             passes: 1,
             peer_bitmap_complete: full,
+            started_ms: self.now_ms,
         });
-        self.set_repl(ReplicationState::SyncSource);
+        self.update_sync_repl();
         if !full {
             self.send_bitmap();
         }
@@ -75,17 +244,19 @@ impl Core {
         self.persist_superblock();
         self.emit(Action::Persist(Persist::Bitmap));
         let total_bytes = self.bitmap.dirty_bytes();
+        self.reset_resync_controls();
         self.resync = Some(Resync {
             source: false,
             cursor_bytes: 0,
-            reads: HashMap::new(),
+            reads: BTreeMap::new(),
             acks_outstanding: 0,
             done_bytes: 0,
             total_bytes,
             passes: 1,
             peer_bitmap_complete: full,
+            started_ms: self.now_ms,
         });
-        self.set_repl(ReplicationState::SyncTarget);
+        self.update_sync_repl();
         if !full {
             self.send_bitmap();
         }
@@ -103,6 +274,10 @@ impl Core {
             if r.reads.len() + r.acks_outstanding >= self.cfg.resync_inflight_max {
                 return;
             }
+            if !self.waiting_clients.is_empty() {
+                // Application writes wait on a conflict: let them have the disk first.
+                return;
+            }
             let chunk = u64::from(self.cfg.resync_chunk_bytes);
             let next = self
                 .bitmap
@@ -113,6 +288,9 @@ impl Core {
                 self.maybe_finish_sync_source();
                 return;
             };
+            if !self.throttle_take(len) {
+                return; // the next tick or ack refills the bucket
+            }
             let r = self.resync.as_mut().expect("resync running");
             r.cursor_bytes = offset + len;
             r.reads.insert(offset, len);
@@ -142,9 +320,30 @@ impl Core {
     }
 
     pub(super) fn step_sync_source_read_done(&mut self, offset_bytes: u64, ok: bool) {
+        if let Some(i) = self
+            .orphan_resync_reads
+            .iter()
+            .position(|&o| o == offset_bytes)
+        {
+            // A read of a resync that ended while it was in flight: nobody wants its data.
+            self.orphan_resync_reads.swap_remove(i);
+            self.emit(Action::Release(DataSource::ResyncRead(offset_bytes)));
+            for next in self.conflicts.finish(Owner::ResyncRead(offset_bytes)) {
+                self.start_owner(next);
+            }
+            self.pump_resync();
+            return;
+        }
+        self.send_resync_read(offset_bytes, ok);
+        // Only now may a write waiting for this range start: its data frame must follow the
+        // resync frame on the data socket, or the target would overwrite it with older data.
         for next in self.conflicts.finish(Owner::ResyncRead(offset_bytes)) {
             self.start_owner(next);
         }
+        self.pump_resync();
+    }
+
+    fn send_resync_read(&mut self, offset_bytes: u64, ok: bool) {
         let Some(r) = self.resync.as_mut() else {
             // The peer went away while the read was in flight.
             self.emit(Action::Release(DataSource::ResyncRead(offset_bytes)));
@@ -178,7 +377,6 @@ impl Core {
                 len_bytes,
             },
         );
-        self.pump_resync();
     }
 
     pub(super) fn resync_acked(&mut self, offset_bytes: u64, len_bytes: u64, ok: bool) {
@@ -218,7 +416,11 @@ impl Core {
             }
             return;
         }
+        let (done, ms) = (r.done_bytes, self.now_ms.saturating_sub(r.started_ms));
         self.resync = None;
+        self.event(Event::Message(format!(
+            "resync finished: {done} bytes resynced in {ms} ms (SyncSource)"
+        )));
         // Resync end (DRBD): the bitmap UUID goes to history and is cleared; the target takes
         // our tuple from the State frame that precedes ResyncDone.
         self.uuids.history = [self.uuids.bitmap, self.uuids.history[0]];
@@ -227,6 +429,7 @@ impl Core {
         self.emit(Action::Persist(Persist::Bitmap));
         self.send_state();
         self.send_data(PeerMsg::ResyncDone);
+        self.reset_resync_controls();
         self.set_repl(ReplicationState::Established);
         if let Some(p) = self.peer.as_mut() {
             p.disk = DiskState::UpToDate;
@@ -237,7 +440,7 @@ impl Core {
     pub(super) fn step_sync_target(&mut self, seq: u64, msg: PeerMsg) {
         match msg {
             PeerMsg::SyncUuid { uuid } => {
-                if self.repl != ReplicationState::SyncTarget {
+                if !self.is_sync_target() {
                     // The peer became SyncSource after the connect decision (`primary --force`
                     // on a fresh pair): a fresh or inconsistent disk receives everything.
                     if self.role == Role::Primary {
@@ -257,7 +460,7 @@ impl Core {
                 len_bytes,
                 ..
             } => {
-                if self.repl != ReplicationState::SyncTarget {
+                if !self.is_sync_target() {
                     self.emit(Action::Disconnect {
                         reason: "resync data while not SyncTarget".into(),
                     });
@@ -285,7 +488,7 @@ impl Core {
                     });
                     return;
                 }
-                if self.repl == ReplicationState::SyncTarget {
+                if self.is_sync_target() {
                     assert_eq!(
                         self.bitmap.count_set(),
                         0,
@@ -300,6 +503,7 @@ impl Core {
                     self.uuids.current = (p.uuids.current & !1) | primary_bit;
                 }
                 self.set_disk(DiskState::UpToDate);
+                self.reset_resync_controls();
                 self.set_repl(ReplicationState::Established);
                 self.persist_superblock();
                 self.emit(Action::Persist(Persist::Bitmap));

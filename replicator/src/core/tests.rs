@@ -31,6 +31,10 @@ fn config(name: &str, peer: &str, protocol: ReplicationProtocol) -> CoreConfig {
         al_extent_bytes: 4 << 20,
         uuid_seed: name.len() as u64 * 7919 + 1,
         split_brain: Default::default(),
+        // Unlimited for the tests that do not measure the rate (§7.6.1).
+        resync_rate_max_bytes_per_s: u64::MAX / 4096,
+        resync_rate_min_bytes_per_s: u64::MAX / 4096,
+        verify_alg: urbd_protocol::DigestAlgorithm::Crc32c,
     }
 }
 
@@ -95,6 +99,8 @@ struct Pair {
     /// Deliver local completions only when the test says so (to look at in-between states).
     hold_local: [bool; 2],
     next_client_id: u64,
+    /// ResyncData payload bytes each node sent.
+    resync_sent: [u64; 2],
 }
 
 impl Pair {
@@ -108,6 +114,7 @@ impl Pair {
             link_up: true,
             hold_local: [false, false],
             next_client_id: 1,
+            resync_sent: [0, 0],
         }
     }
 
@@ -126,6 +133,9 @@ impl Pair {
                 if !self.link_up || self.n[i].core.connection_state() != ConnectionState::Connected
                 {
                     return;
+                }
+                if let PeerMsg::ResyncData { len_bytes, .. } = msg {
+                    self.resync_sent[i] += len_bytes;
                 }
                 let payload = match msg {
                     PeerMsg::Data { source, .. } | PeerMsg::ResyncData { source, .. } => {
@@ -207,6 +217,25 @@ impl Pair {
     /// Runs local I/O and message delivery until nothing is left to do.
     fn settle(&mut self) {
         for _ in 0..100_000 {
+            if !self.run_once() {
+                return;
+            }
+        }
+        panic!("did not settle");
+    }
+
+    /// Up to `rounds` rounds of `run_once`.
+    fn run(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            if !self.run_once() {
+                return;
+            }
+        }
+    }
+
+    /// One local completion and one delivered message per node; false if nothing happened.
+    fn run_once(&mut self) -> bool {
+        {
             self.try_connect();
             let mut progressed = false;
             for i in 0..2 {
@@ -249,11 +278,8 @@ impl Pair {
                     progressed = true;
                 }
             }
-            if !progressed {
-                return;
-            }
+            progressed
         }
-        panic!("did not settle");
     }
 
     fn exec_local(&mut self, i: usize, io: LocalIo, op: LocalOp) {
@@ -286,6 +312,17 @@ impl Pair {
                 n.read_bufs.insert(offset_bytes, data);
             }
             LocalOp::Flush => {}
+            LocalOp::Digest {
+                offset_bytes,
+                len_bytes,
+                alg,
+            } => {
+                assert_eq!(alg, urbd_protocol::DigestAlgorithm::Crc32c);
+                let data = &n.disk[offset_bytes as usize..(offset_bytes + len_bytes) as usize];
+                let digest = Some(urbd_protocol::Digest::Crc32c(crc32c::crc32c(data)));
+                self.step(i, Input::DigestDone { io, digest });
+                return;
+            }
         }
         self.step(i, Input::LocalDone { io, ok: true });
     }
@@ -587,4 +624,415 @@ fn split_brain_is_seen_by_both() {
         p.n[0].disk == before[0] && p.n[1].disk == before[1],
         "no data moved"
     );
+}
+
+// ---- Reconnect done right: rate control, pause, invalidate, online verify ----
+
+impl Pair {
+    fn set_rates(&mut self, max: u64, min: u64) {
+        for n in &mut self.n {
+            n.core.cfg.resync_rate_max_bytes_per_s = max;
+            n.core.cfg.resync_rate_min_bytes_per_s = min;
+        }
+    }
+
+    /// Advances simulated time by `ms`, ticking both nodes every 10 ms.
+    fn advance(&mut self, ms: u64) {
+        for _ in 0..ms / 10 {
+            self.now_ms += 10;
+            self.step(0, Input::Tick);
+            self.step(1, Input::Tick);
+            self.settle();
+        }
+    }
+
+    fn repl(&self, i: usize) -> ReplicationState {
+        self.n[i].core.replication_state()
+    }
+
+    fn verify_done(&self, i: usize) -> VerifyProgress {
+        let v = self.n[i].core.verify_progress().expect("a verify ran");
+        assert!(!v.running, "verify still running");
+        v
+    }
+}
+
+const CHUNK: u64 = 64 << 10;
+
+// PROTOCOL.md §7.6.1: the resync never sends more than the maximum rate (one burst of at most
+// one chunk on top), and it does not stop.
+#[test]
+fn resync_rate_is_bounded_by_the_maximum() {
+    let mut p = Pair::new(ReplicationProtocol::C);
+    let max = 256 << 10;
+    p.set_rates(max, 64 << 10);
+    p.n[0]
+        .disk
+        .iter_mut()
+        .enumerate()
+        .for_each(|(k, b)| *b = k as u8);
+    p.connect_both();
+    assert_eq!(p.admin(0, AdminCmd::Primary { force: true }), Ok(()));
+    let mut per_second = Vec::new();
+    while p.repl(0) == ReplicationState::SyncSource {
+        let before = p.resync_sent[0];
+        p.advance(1000);
+        per_second.push(p.resync_sent[0] - before);
+        assert!(per_second.len() < 10, "resync stalled: {per_second:?}");
+    }
+    // The first second includes the full bucket at start (one chunk).
+    for (s, &bytes) in per_second.iter().enumerate() {
+        assert!(
+            bytes <= max + CHUNK,
+            "second {s}: {bytes} bytes > max {max}"
+        );
+    }
+    assert_eq!(p.resync_sent[0], SIZE);
+    assert!(
+        per_second.len() >= 3,
+        "1 MiB at 256 KiB/s takes ~4 s: {per_second:?}"
+    );
+    assert!(p.n[0].disk == p.n[1].disk);
+}
+
+// §7.6.1: while application writes run, the resync goes at the minimum rate; when they stop,
+// it goes back up to the maximum.
+#[test]
+fn resync_is_held_to_the_minimum_under_application_writes() {
+    let mut p = Pair::new(ReplicationProtocol::C);
+    let (max, min) = (512 << 10, 64 << 10);
+    p.set_rates(max, min);
+    p.connect_both();
+    assert_eq!(p.admin(0, AdminCmd::Primary { force: true }), Ok(()));
+    p.advance(100); // spend the initial burst
+    let before = p.resync_sent[0];
+    // 2 s of application writes, one every 50 ms.
+    for k in 0..40u64 {
+        p.write(0, (k % 16) * 4096, pattern(k as u8, 4096));
+        p.advance(50);
+    }
+    let under_load = p.resync_sent[0] - before;
+    assert!(
+        under_load <= 2 * min + CHUNK,
+        "{under_load} bytes in 2 s under load; min is {min}/s"
+    );
+    assert!(
+        under_load >= CHUNK,
+        "the resync must not starve: {under_load}"
+    );
+    let before = p.resync_sent[0];
+    p.advance(1000);
+    let idle = p.resync_sent[0] - before;
+    assert!(
+        idle > 2 * min + CHUNK,
+        "back to the maximum when idle: {idle}"
+    );
+    p.advance(3000);
+    assert_eq!(p.repl(0), ReplicationState::Established);
+    assert!(p.n[0].disk == p.n[1].disk);
+}
+
+// §7.6.1: an application write that waits behind a resync read stops new resync reads until
+// it has run.
+#[test]
+fn resync_reads_yield_to_a_waiting_application_write() {
+    let mut p = Pair::new(ReplicationProtocol::C);
+    p.connect_both();
+    p.hold_local[0] = true;
+    assert_eq!(p.admin(0, AdminCmd::Primary { force: true }), Ok(()));
+    p.settle();
+    let reads = |p: &Pair| {
+        p.n[0]
+            .local
+            .iter()
+            .filter(|(io, _)| matches!(io, LocalIo::ResyncRead(_)))
+            .count()
+    };
+    assert_eq!(reads(&p), 4, "resync_inflight_max reads queued");
+    // A write to the first block waits behind its resync read.
+    let id = p.write(0, 0, pattern(1, 4096));
+    assert!(p.n[0].core.waiting_clients.contains_key(&id));
+    p.hold_local[0] = false;
+    p.run(1); // one resync read completes: its ack frees a slot, but the write waits
+    p.hold_local[0] = true;
+    p.settle();
+    assert!(
+        p.n[0].core.waiting_clients.is_empty(),
+        "the write got its range as soon as the read finished"
+    );
+    p.hold_local[0] = false;
+    p.settle();
+    assert_eq!(p.acked(0, id), Some(Ok(())));
+    assert!(p.n[0].disk == p.n[1].disk);
+}
+
+// §7.6.2: pause-sync stops the SyncSource (PausedSyncS, the peer PausedSyncT) and keeps the
+// resync state; resume-sync continues where it stopped. Either side may pause; only the side
+// that paused resumes.
+#[test]
+fn pause_and_resume_sync() {
+    let mut p = Pair::new(ReplicationProtocol::C);
+    p.set_rates(256 << 10, 256 << 10);
+    p.n[0]
+        .disk
+        .iter_mut()
+        .enumerate()
+        .for_each(|(k, b)| *b = (k / 7) as u8);
+    p.connect_both();
+    assert_eq!(p.admin(0, AdminCmd::Primary { force: true }), Ok(()));
+    p.advance(1000);
+    let sent = p.resync_sent[0];
+    assert!(sent > 0 && sent < SIZE);
+    assert_eq!(p.admin(0, AdminCmd::PauseSync), Ok(()));
+    assert_eq!(p.repl(0), ReplicationState::PausedSyncS);
+    assert_eq!(p.repl(1), ReplicationState::PausedSyncT);
+    p.advance(2000);
+    assert_eq!(p.resync_sent[0], sent, "nothing sent while paused");
+    let (done, total) = p.n[0].core.resync_progress().unwrap();
+    assert_eq!((done, total), (sent, SIZE), "resync state kept");
+    assert_eq!(
+        p.admin(1, AdminCmd::Primary { force: true }).unwrap_err(),
+        "this node is SyncTarget (its disk is being resynced); wait for `urbdadm wait-sync` to finish"
+    );
+    assert_eq!(p.admin(0, AdminCmd::ResumeSync), Ok(()));
+    assert_eq!(p.repl(0), ReplicationState::SyncSource);
+    assert_eq!(p.repl(1), ReplicationState::SyncTarget);
+    p.advance(500);
+    // The target pauses; the source cannot resume it.
+    assert_eq!(p.admin(1, AdminCmd::PauseSync), Ok(()));
+    assert_eq!(p.repl(0), ReplicationState::PausedSyncS);
+    let e = p.admin(0, AdminCmd::ResumeSync).unwrap_err();
+    assert!(e.contains("paused on beta"), "{e}");
+    assert_eq!(p.admin(1, AdminCmd::ResumeSync), Ok(()));
+    p.advance(5000);
+    assert_eq!(p.repl(0), ReplicationState::Established);
+    assert_eq!(p.resync_sent[0], SIZE, "every block sent exactly once");
+    assert!(p.n[0].disk == p.n[1].disk);
+    assert!(p
+        .admin(0, AdminCmd::PauseSync)
+        .unwrap_err()
+        .contains("no resync"));
+}
+
+// §7.6.3: invalidate discards the local data (full resync from the peer); invalidate-remote
+// the peer's. Both need the connection Established and the would-be SyncSource UpToDate; a
+// Primary never discards its data.
+#[test]
+fn invalidate_and_invalidate_remote() {
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    // invalidate on the Secondary: it becomes SyncTarget of everything.
+    p.n[1].disk[4096..8192].fill(0xee);
+    let sent = p.resync_sent[0];
+    p.hold_local[1] = true;
+    assert_eq!(p.admin(1, AdminCmd::Invalidate), Ok(()));
+    assert_eq!(p.repl(1), ReplicationState::SyncTarget);
+    assert_eq!(p.n[1].core.disk_state(), DiskState::Inconsistent);
+    assert_eq!(p.repl(0), ReplicationState::SyncSource);
+    assert!(p
+        .admin(1, AdminCmd::Invalidate)
+        .unwrap_err()
+        .contains("SyncTarget"));
+    p.hold_local[1] = false;
+    p.settle();
+    assert_eq!(p.resync_sent[0] - sent, SIZE, "a full resync");
+    assert!(p.n[0].disk == p.n[1].disk);
+    assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+    assert_eq!(p.repl(0), ReplicationState::Established);
+    // Refusals: invalidate on the Primary, invalidate-remote toward the Primary.
+    assert!(p
+        .admin(0, AdminCmd::Invalidate)
+        .unwrap_err()
+        .contains("Primary"));
+    assert!(p
+        .admin(1, AdminCmd::InvalidateRemote)
+        .unwrap_err()
+        .contains("Primary"));
+    // invalidate-remote from the Primary: the peer receives everything.
+    p.n[1].disk[0..100].fill(0x11);
+    let sent = p.resync_sent[0];
+    assert_eq!(p.admin(0, AdminCmd::InvalidateRemote), Ok(()));
+    assert_eq!(p.repl(0), ReplicationState::Established, "done already");
+    assert_eq!(p.resync_sent[0] - sent, SIZE);
+    assert!(p.n[0].disk == p.n[1].disk);
+    assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+    // Not connected.
+    p.cut();
+    p.settle();
+    assert!(p
+        .admin(1, AdminCmd::Invalidate)
+        .unwrap_err()
+        .contains("not connected"));
+    assert!(p
+        .admin(0, AdminCmd::InvalidateRemote)
+        .unwrap_err()
+        .contains("not connected"));
+    // Neither side UpToDate: nobody can be the source.
+    let mut p = Pair::new(ReplicationProtocol::C);
+    p.connect_both();
+    let e = p.admin(0, AdminCmd::Invalidate).unwrap_err();
+    assert!(e.contains("disk is Inconsistent"), "{e}");
+    let e = p.admin(0, AdminCmd::InvalidateRemote).unwrap_err();
+    assert!(e.contains("disk is Inconsistent"), "{e}");
+}
+
+fn corrupt(p: &mut Pair, i: usize, blocks: &[u64]) {
+    for &b in blocks {
+        let off = (b * u64::from(BPB)) as usize + 17;
+        p.n[i].disk[off] ^= 0x5a;
+    }
+}
+
+fn marked_blocks(p: &Pair, i: usize) -> Vec<u64> {
+    let bm = p.n[i].core.bitmap();
+    (0..bm.bit_count()).filter(|&b| bm.is_set(b)).collect()
+}
+
+// §7.7: verify finds exactly the corrupted blocks, marks them on both nodes, changes no data;
+// `--repair` then resyncs exactly those from the node that ran it.
+#[test]
+fn verify_finds_exactly_the_corrupted_blocks_and_repair_fixes_them() {
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    let bad = [3u64, 4, 5, 100, 255];
+    corrupt(&mut p, 1, &bad);
+    let before = p.n[1].disk.clone();
+    let verify = AdminCmd::Verify {
+        start_bytes: None,
+        stop_bytes: None,
+        repair: false,
+    };
+    p.step(0, Input::Admin(verify.clone()));
+    assert_eq!(p.repl(0), ReplicationState::VerifyS);
+    p.settle();
+    assert_eq!(p.n[0].replies.pop(), Some(Ok(())));
+    let v = p.verify_done(0);
+    assert_eq!(v.found_bytes, bad.len() as u64 * u64::from(BPB));
+    assert_eq!(v.done_bytes, SIZE);
+    assert_eq!(
+        p.verify_done(1).found_bytes,
+        v.found_bytes,
+        "VerifyT counts too"
+    );
+    assert_eq!(marked_blocks(&p, 0), bad);
+    assert_eq!(marked_blocks(&p, 1), bad);
+    assert!(p.n[1].disk == before, "verify alone changes no data");
+    for i in 0..2 {
+        assert_eq!(p.repl(i), ReplicationState::Established);
+    }
+    // A sub-range: only the blocks in it.
+    p.n[0].core.bitmap.clear_all();
+    p.n[1].core.bitmap.clear_all();
+    let sub = AdminCmd::Verify {
+        start_bytes: Some(4 * 4096 + 100),
+        stop_bytes: Some(101 * 4096 - 1),
+        repair: false,
+    };
+    assert_eq!(p.admin(0, sub), Ok(()));
+    assert_eq!(marked_blocks(&p, 0), [4, 5, 100]);
+    // --repair: found and resynced from alpha at once.
+    p.n[0].core.bitmap.clear_all();
+    p.n[1].core.bitmap.clear_all();
+    let sent = p.resync_sent[0];
+    let repair = AdminCmd::Verify {
+        start_bytes: None,
+        stop_bytes: None,
+        repair: true,
+    };
+    assert_eq!(p.admin(0, repair), Ok(()));
+    assert_eq!(p.resync_sent[0] - sent, bad.len() as u64 * u64::from(BPB));
+    assert!(p.n[0].disk == p.n[1].disk, "repaired");
+    assert_eq!(p.n[0].core.out_of_sync_bytes(), 0);
+    assert_eq!(p.n[1].core.out_of_sync_bytes(), 0);
+    assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+    // A second pass finds nothing.
+    assert_eq!(p.admin(0, verify), Ok(()));
+    assert_eq!(p.verify_done(0).found_bytes, 0);
+}
+
+// §7.7: application writes racing the verify never make it report a difference, whatever the
+// interleaving of local completions and frames (protocols A and C).
+#[test]
+fn verify_has_no_false_positive_under_writes() {
+    for protocol in [ReplicationProtocol::A, ReplicationProtocol::C] {
+        for seed in 0..8u64 {
+            let mut p = Pair::synced(protocol);
+            p.step(
+                0,
+                Input::Admin(AdminCmd::Verify {
+                    start_bytes: None,
+                    stop_bytes: None,
+                    repair: false,
+                }),
+            );
+            let mut k = seed;
+            for round in 0..200u64 {
+                k = k
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let block = (k >> 33) % 256;
+                let len = 4096 * (1 + (k >> 20) % 3).min(256 - block);
+                p.write(0, block * 4096, pattern(round as u8, len as usize));
+                p.hold_local[1] = (k >> 7) % 3 == 0;
+                p.hold_local[0] = (k >> 9) % 4 == 0;
+                p.run(((k >> 12) % 5) as usize);
+            }
+            p.hold_local = [false, false];
+            p.settle();
+            let v = p.verify_done(0);
+            assert_eq!(v.done_bytes, SIZE);
+            assert_eq!(v.found_bytes, 0, "false positive ({protocol}, seed {seed})");
+            assert!(p.n[0].disk == p.n[1].disk);
+            assert_eq!(p.n[0].core.out_of_sync_bytes(), 0);
+        }
+    }
+}
+
+// §7.7: verify needs an Established connection and two UpToDate disks; a Secondary whose peer
+// is Primary sends the operator to the Primary; a VerifyT node is not promoted meanwhile.
+#[test]
+fn verify_refusals() {
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    let v = AdminCmd::Verify {
+        start_bytes: None,
+        stop_bytes: None,
+        repair: false,
+    };
+    let e = p.admin(1, v.clone()).unwrap_err();
+    assert!(e.contains("run `urbdadm verify` there"), "{e}");
+    assert_eq!(p.admin(0, AdminCmd::Secondary { force: false }), Ok(()));
+    p.hold_local[1] = true;
+    p.step(0, Input::Admin(v.clone()));
+    p.settle();
+    assert_eq!(p.repl(1), ReplicationState::VerifyT);
+    let e = p.admin(1, AdminCmd::Primary { force: false }).unwrap_err();
+    assert!(e.contains("VerifyT"), "{e}");
+    assert!(p.admin(0, v.clone()).unwrap_err().contains("VerifyS"));
+    p.hold_local[1] = false;
+    p.settle();
+    assert_eq!(p.verify_done(0).found_bytes, 0);
+    p.cut();
+    p.settle();
+    assert!(p.admin(0, v).unwrap_err().contains("not connected"));
+}
+
+// §7.7: losing the peer mid-verify ends it on both sides; the marks made so far stay.
+#[test]
+fn verify_ends_when_the_peer_is_lost() {
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    corrupt(&mut p, 1, &[1]);
+    p.step(
+        0,
+        Input::Admin(AdminCmd::Verify {
+            start_bytes: None,
+            stop_bytes: None,
+            repair: false,
+        }),
+    );
+    p.run(40);
+    p.cut();
+    p.settle();
+    for i in 0..2 {
+        let v = p.n[i].core.verify_progress().expect("verify ran");
+        assert!(!v.running && v.done_bytes < SIZE);
+    }
+    assert_eq!(marked_blocks(&p, 0), [1]);
 }

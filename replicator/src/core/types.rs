@@ -1,7 +1,7 @@
 //! The vocabulary of the core: its inputs, its actions, and the ids that tie them together.
 //! PROTOCOL.md §5 (write path) and §6 (liveness) describe what these mean on the wire.
 
-use urbd_protocol::{DiskState, GenerationUuids, Role};
+use urbd_protocol::{Digest, DigestAlgorithm, DiskState, GenerationUuids, Role};
 
 /// Identifies one local disk operation the core asked for; the driver reports its completion
 /// with the same id.
@@ -19,6 +19,10 @@ pub enum LocalIo {
     ResyncRead(u64),
     /// A resync write on the SyncTarget, by the data frame's seq.
     ResyncWrite(u64),
+    /// A digest of a block of the online-verify range on VerifyS, by verify block id.
+    VerifyDigest(u64),
+    /// A digest on VerifyT for the peer's VerifyRequest, by the request frame's key.
+    PeerVerifyDigest(u64),
 }
 
 /// Where the bytes of a local write or an outgoing data frame come from. The driver holds the
@@ -54,6 +58,13 @@ pub enum LocalOp {
         len_bytes: u64,
     },
     Flush,
+    /// Read the range and compute its digest with `alg`; the driver answers with
+    /// `Input::DigestDone` (online verify, PROTOCOL.md §7.7). The core never sees the bytes.
+    Digest {
+        offset_bytes: u64,
+        len_bytes: u64,
+        alg: DigestAlgorithm,
+    },
 }
 
 /// What the application asks of the Primary.
@@ -167,16 +178,76 @@ pub enum PeerMsg {
         first_bit: u64,
         bit_count: u64,
     },
+    /// An operator-requested resync (§4.27): `invalidate` (the sender becomes SyncTarget) or
+    /// `invalidate-remote` / `verify --repair` (the sender becomes SyncSource).
+    ResyncStart {
+        full: bool,
+        sender_is_target: bool,
+    },
+    /// The sender paused (or resumed) the resync (§4.28).
+    SyncPause {
+        paused: bool,
+    },
+    /// An online verify of `[start_bytes, stop_bytes)` begins; the receiver is VerifyT (§4.29).
+    VerifyStart {
+        start_bytes: u64,
+        stop_bytes: u64,
+    },
+    /// VerifyS's digest of a block (§4.22); request id = seq.
+    VerifyRequest {
+        offset_bytes: u64,
+        len_bytes: u64,
+        digest: Digest,
+    },
+    /// VerifyT's verdict on a block (§4.22).
+    VerifyReply {
+        offset_bytes: u64,
+        len_bytes: u64,
+        in_sync: bool,
+    },
+}
+
+impl PeerMsg {
+    /// Data-socket frames this message takes on the wire (PROTOCOL.md §4): `NewCurrentUuid`
+    /// travels as SyncUuid + StateChange, everything else as one frame. The core numbers
+    /// data-socket frames, so it must know.
+    pub fn wire_frames(&self) -> u64 {
+        match self {
+            PeerMsg::NewCurrentUuid { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Operator requests (the urbdadm commands that change state).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminCmd {
-    Primary { force: bool },
-    Secondary { force: bool },
-    Connect { discard_my_data: bool },
+    Primary {
+        force: bool,
+    },
+    Secondary {
+        force: bool,
+    },
+    Connect {
+        discard_my_data: bool,
+    },
     Disconnect,
-    NewCurrentUuid { clear_bitmap: bool },
+    NewCurrentUuid {
+        clear_bitmap: bool,
+    },
+    /// Discard the local data: full resync from the peer (this node becomes SyncTarget).
+    Invalidate,
+    /// Discard the peer's data: full resync to it (this node becomes SyncSource).
+    InvalidateRemote,
+    PauseSync,
+    ResumeSync,
+    /// Online verify of `[start_bytes, stop_bytes)` (rounded out to whole bitmap blocks;
+    /// `None`: the start / the end of the device); `repair` resyncs what it finds from here.
+    Verify {
+        start_bytes: Option<u64>,
+        stop_bytes: Option<u64>,
+        repair: bool,
+    },
 }
 
 /// What must be made durable before any later action is performed.
@@ -208,7 +279,16 @@ pub enum Event {
     PeerDisk(DiskState),
     Connection(urbd_protocol::ConnectionState),
     Replication(urbd_protocol::ReplicationState),
-    ResyncProgress { done_bytes: u64, total_bytes: u64 },
+    ResyncProgress {
+        done_bytes: u64,
+        total_bytes: u64,
+    },
+    /// Online verify progress; `found_bytes` differ so far.
+    VerifyProgress {
+        done_bytes: u64,
+        total_bytes: u64,
+        found_bytes: u64,
+    },
     SplitBrain,
     Message(String),
 }
@@ -245,6 +325,20 @@ pub enum Action {
     AdminReply(Result<(), String>),
 }
 
+/// Progress (or result) of an online verify, for status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyProgress {
+    /// This node runs it (VerifyS) rather than answers it (VerifyT).
+    pub source: bool,
+    pub running: bool,
+    pub start_bytes: u64,
+    pub stop_bytes: u64,
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Bytes found different (and marked out of sync) so far.
+    pub found_bytes: u64,
+}
+
 /// Why a client request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoFailure {
@@ -278,6 +372,11 @@ pub enum Input {
         reason: String,
     },
     Admin(AdminCmd),
+    /// A `LocalOp::Digest` finished: the digest, or `None` if the read failed.
+    DigestDone {
+        io: LocalIo,
+        digest: Option<Digest>,
+    },
     /// A slice of the peer's bitmap (§4.16): bit i of `bits` (LSB first in each byte) is bit
     /// `first_bit + i`.
     PeerBitmap {

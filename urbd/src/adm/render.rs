@@ -41,10 +41,18 @@ fn render_peer(s: &mut String, peer: &PeerStatus) {
         return;
     }
     let _ = writeln!(s, "  {} role:{}", peer.node, peer.peer_role);
+    let verify = peer.verify.as_ref().filter(|v| v.running);
     let done = peer
         .resync
         .as_ref()
         .map(|r| format!(" done:{:.2}", r.done_percent))
+        .or(verify.map(|v| {
+            format!(
+                " done:{:.2} verify-out-of-sync:{}",
+                v.done_percent,
+                format_bytes(v.out_of_sync_found_bytes)
+            )
+        }))
         .unwrap_or_default();
     let _ = writeln!(
         s,

@@ -40,6 +40,7 @@ pub use client::{Client, ControlError, Events, CALL_TIMEOUT};
 pub use event::{Event, EventObject, EventWhat};
 pub use status::{
     format_uuid, parse_uuid, Generation, NbdStatus, PeerStatus, ResyncProgress, Status,
+    VerifyStatus,
 };
 
 /// Longest request, response or event line accepted, newline excluded.
@@ -110,7 +111,8 @@ pub enum Request {
         /// End of the range to verify (exclusive).
         #[serde(default)]
         stop_bytes: Option<u64>,
-        /// Mark mismatches out of sync and resync them (else only count and log them).
+        /// Resync the mismatches from this node once the pass is over (they are marked out of
+        /// sync, counted and logged either way).
         #[serde(default)]
         repair: bool,
     },

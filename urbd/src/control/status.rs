@@ -99,6 +99,29 @@ pub struct PeerStatus {
     pub resync: Option<ResyncProgress>,
     /// A split brain was detected and is not resolved.
     pub split_brain: bool,
+    /// The running online verify, else the last one since the daemon started, else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyStatus>,
+}
+
+/// An online verify (`urbdadm verify`), running or finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VerifyStatus {
+    /// Still running.
+    pub running: bool,
+    /// This node runs it ("VerifyS") or answers it ("VerifyT").
+    pub side: String,
+    /// The verified range `[start, stop)` in bytes.
+    pub start_bytes: u64,
+    /// End of the range (exclusive).
+    pub stop_bytes: u64,
+    /// Compared part of the range, 0.0..=100.0.
+    pub done_percent: f64,
+    /// Current rate (VerifyS; 0 on VerifyT or when finished).
+    pub rate_bytes_per_s: u64,
+    /// Bytes found different so far (marked out of sync on both nodes).
+    pub out_of_sync_found_bytes: u64,
 }
 
 /// Progress of a resync (or online verify).
@@ -126,6 +149,7 @@ impl PeerStatus {
             percent_in_sync: 100.0,
             resync: None,
             split_brain: false,
+            verify: None,
         }
     }
 

@@ -112,6 +112,7 @@ fn sample_status() -> Status {
                 eta_s: Some(3),
             }),
             split_brain: false,
+            verify: None,
         }],
     }
 }

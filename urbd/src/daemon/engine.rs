@@ -23,6 +23,12 @@ use super::wire::{self, Incoming};
 use crate::control::{Request, Response};
 use crate::peer::{Established, PeerEvent, PeerSender};
 
+/// Starts a connection attempt announcing the current hello; the handle aborts it.
+pub type ConnectFn = Box<
+    dyn Fn(mpsc::Sender<EngineInput>, watch::Receiver<HelloState>) -> tokio::task::AbortHandle
+        + Send,
+>;
+
 /// A client request with its buffer.
 pub enum ClientOp {
     Write {
@@ -52,6 +58,11 @@ pub enum EngineInput {
         io: LocalIo,
         ok: bool,
         buf: Option<IoBuf>,
+    },
+    /// A `LocalOp::Digest` finished (`None`: the read failed).
+    DigestDone {
+        io: LocalIo,
+        digest: Option<urbd_protocol::Digest>,
     },
     PeerUp(Box<Established>),
     Peer {
@@ -86,7 +97,7 @@ pub struct Engine {
     pub hello: watch::Sender<HelloState>,
     pub info: StatusInfo,
     pub auto_promote: bool,
-    pub connect: Box<dyn Fn(mpsc::Sender<EngineInput>, watch::Receiver<HelloState>) + Send>,
+    pub connect: ConnectFn,
     start: Instant,
     next_client_id: u64,
     client_done: HashMap<u64, oneshot::Sender<Result<(), IoFailure>>>,
@@ -98,6 +109,8 @@ pub struct Engine {
     peer_size_bytes: u64,
     epoch: u64,
     connecting: bool,
+    /// The running connection attempt and the state it announces.
+    connect_attempt: Option<(tokio::task::AbortHandle, urbd_replicator::core::PeerView)>,
     pending_sync_uuid: Option<u64>,
     subscribers: Vec<mpsc::Sender<String>>,
     last_bitmap_save_ms: u64,
@@ -117,7 +130,7 @@ impl Engine {
         hello: watch::Sender<HelloState>,
         info: StatusInfo,
         auto_promote: bool,
-        connect: Box<dyn Fn(mpsc::Sender<EngineInput>, watch::Receiver<HelloState>) + Send>,
+        connect: ConnectFn,
     ) -> Engine {
         Engine {
             core,
@@ -139,6 +152,7 @@ impl Engine {
             peer_size_bytes: 0,
             epoch: 0,
             connecting: false,
+            connect_attempt: None,
             pending_sync_uuid: None,
             subscribers: Vec::new(),
             last_bitmap_save_ms: 0,
@@ -172,8 +186,42 @@ impl Engine {
         for a in actions {
             self.perform(a);
         }
-        let view = self.core_view();
+        // The handshake announces the full state, flags included (crashed primary,
+        // discard-my-data: the peer's connect decision depends on them).
+        let view = self.core.view();
         self.hello.send_replace(HelloState { view });
+        self.check_connect_attempt(view);
+    }
+
+    /// A connection attempt must not outlive `disconnect` (it would complete a handshake the
+    /// peer acts on), nor announce a state that is no longer ours: stop it, or restart it.
+    fn check_connect_attempt(&mut self, view: urbd_replicator::core::PeerView) {
+        let Some((handle, announced)) = &self.connect_attempt else {
+            return;
+        };
+        if !self.connecting {
+            self.connect_attempt = None;
+            return;
+        }
+        let standalone = self.core.connection_state() == ConnectionState::StandAlone;
+        // What the peer's connect decision uses (not dirty_bits, which every write changes).
+        let key = |v: &urbd_replicator::core::PeerView| {
+            (
+                v.role,
+                v.disk,
+                v.uuids,
+                v.crashed_primary,
+                v.discard_my_data,
+            )
+        };
+        if standalone || key(announced) != key(&view) {
+            handle.abort();
+            self.connect_attempt = None;
+            self.connecting = false;
+            if !standalone && self.core.connection_state() == ConnectionState::Connecting {
+                self.start_connecting();
+            }
+        }
     }
 
     fn core_view(&self) -> urbd_replicator::core::PeerView {
@@ -236,6 +284,7 @@ impl Engine {
                 }
                 self.step(Input::LocalDone { io, ok });
             }
+            EngineInput::DigestDone { io, digest } => self.step(Input::DigestDone { io, digest }),
             EngineInput::PeerUp(est) => self.peer_up(*est),
             EngineInput::ConnectFailed(why) => {
                 self.connecting = false;
@@ -267,7 +316,13 @@ impl Engine {
             EngineInput::Tick => {
                 self.step(Input::Tick);
                 let now = self.now_ms();
-                self.info.sample_resync(now, self.core.resync_progress());
+                let progress = self.core.resync_progress().or_else(|| {
+                    self.core
+                        .verify_progress()
+                        .filter(|v| v.running && v.source)
+                        .map(|v| (v.done_bytes, v.total_bytes))
+                });
+                self.info.sample_resync(now, progress);
                 if now.saturating_sub(self.last_bitmap_save_ms) >= 1000 {
                     self.last_bitmap_save_ms = now;
                     self.save_bitmap();
@@ -532,6 +587,23 @@ impl Engine {
                     let _ = tx.send(EngineInput::LocalDone { io, ok, buf }).await;
                 });
             }
+            LocalOp::Digest {
+                offset_bytes,
+                len_bytes,
+                alg,
+            } => {
+                tokio::spawn(async move {
+                    let buf = disk.alloc(len_bytes as usize);
+                    let digest = match disk.read(offset_bytes, buf).await {
+                        Ok(b) => Some(digest_of(alg, b.as_ref())),
+                        Err(e) => {
+                            tracing::error!("{e}");
+                            None
+                        }
+                    };
+                    let _ = tx.send(EngineInput::DigestDone { io, digest }).await;
+                });
+            }
             LocalOp::Flush => {
                 tokio::spawn(async move {
                     let r = disk.flush().await;
@@ -585,7 +657,8 @@ impl Engine {
             return;
         }
         self.connecting = true;
-        (self.connect)(self.tx.clone(), self.hello.subscribe());
+        let handle = (self.connect)(self.tx.clone(), self.hello.subscribe());
+        self.connect_attempt = Some((handle, self.hello.borrow().view));
     }
 
     fn admin(&mut self, req: Request, done: oneshot::Sender<Response>) {
@@ -600,19 +673,25 @@ impl Engine {
             Request::Connect { discard_my_data } => AdminCmd::Connect { discard_my_data },
             Request::Disconnect => AdminCmd::Disconnect,
             Request::NewCurrentUuid { clear_bitmap } => AdminCmd::NewCurrentUuid { clear_bitmap },
+            Request::Invalidate => AdminCmd::Invalidate,
+            Request::InvalidateRemote => AdminCmd::InvalidateRemote,
+            Request::PauseSync => AdminCmd::PauseSync,
+            Request::ResumeSync => AdminCmd::ResumeSync,
+            Request::Verify {
+                start_bytes,
+                stop_bytes,
+                repair,
+            } => AdminCmd::Verify {
+                start_bytes,
+                stop_bytes,
+                repair,
+            },
             Request::Down => {
                 let _ = done.send(self.down());
                 return;
             }
             Request::Events => {
                 let _ = done.send(Response::error("events are streamed: use `urbdadm events`"));
-                return;
-            }
-            other => {
-                let _ = done.send(Response::error(format!(
-                    "`{}` is not available in this version of urbd",
-                    other.cmd()
-                )));
                 return;
             }
         };
@@ -682,5 +761,18 @@ impl Engine {
 
     pub fn status(&self) -> crate::control::Status {
         self.info.status(&self.core)
+    }
+}
+
+/// The digest of a block for online verify (PROTOCOL.md §4.1, §7.7).
+fn digest_of(alg: urbd_protocol::DigestAlgorithm, data: &[u8]) -> urbd_protocol::Digest {
+    use sha2::Digest as _;
+    match alg {
+        urbd_protocol::DigestAlgorithm::Crc32c => {
+            urbd_protocol::Digest::Crc32c(crc32c::crc32c(data))
+        }
+        urbd_protocol::DigestAlgorithm::Sha256 => {
+            urbd_protocol::Digest::Sha256(sha2::Sha256::digest(data).into())
+        }
     }
 }

@@ -100,6 +100,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         al_extent_bytes: attached.al_extent_bytes,
         uuid_seed: urbd_replicator::meta::new_uuid(),
         split_brain: split_brain_policy(&cfg.split_brain),
+        resync_rate_max_bytes_per_s: cfg.resync.rate_bytes_per_s_max,
+        resync_rate_min_bytes_per_s: cfg.resync.rate_bytes_per_s_min,
+        verify_alg: match cfg.resync.verify_alg {
+            crate::config::VerifyAlg::Crc32c => urbd_protocol::DigestAlgorithm::Crc32c,
+            crate::config::VerifyAlg::Sha256 => urbd_protocol::DigestAlgorithm::Sha256,
+        },
     };
     warn_unimplemented(&cfg);
     let core = Core::new(core_cfg, attached.restored);
@@ -201,7 +207,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     Err(e) => EngineInput::ConnectFailed(e.to_string()),
                 };
                 let _ = engine.send(input).await;
-            });
+            })
+            .abort_handle()
         },
     );
 
@@ -212,9 +219,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         &cfg.protocol.to_wire().to_string(),
         &local.nbd,
     );
-    let (hello_tx, _) = watch::channel(HelloState {
-        view: core_view_initial(&core),
-    });
+    let (hello_tx, _) = watch::channel(HelloState { view: core.view() });
     let mut engine = Engine::new(
         core,
         disk,
@@ -235,18 +240,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     engine.run(rx).await;
     tracing::info!("resource {} down", cfg.resource);
     Ok(())
-}
-
-fn core_view_initial(core: &Core) -> urbd_replicator::core::PeerView {
-    urbd_replicator::core::PeerView {
-        role: core.role(),
-        disk: core.disk_state(),
-        uuids: core.uuids(),
-        crashed_primary: false,
-        discard_my_data: false,
-        dirty_bits: core.bitmap().count_set(),
-        size_bytes: core.config().data_size_bytes,
-    }
 }
 
 fn largest_power_of_two_at_most(n: u64) -> u32 {
@@ -301,6 +294,6 @@ fn warn_unimplemented(cfg: &crate::config::ResourceConfig) {
         }
     }
     if cfg.resync.csums_alg != crate::config::CsumsAlg::None {
-        tracing::warn!("{path}: [resync] csums-alg is not used by this version: resync sends every marked block");
+        tracing::warn!("{path}: [resync] csums-alg is not used by this version: resync sends every marked block (checksum-based resync is not implemented)");
     }
 }

@@ -6,7 +6,7 @@ use urbd_protocol::ConnectionState;
 use urbd_replicator::core::{Core, Event};
 
 use crate::control::{Event as Ev, EventObject, EventWhat};
-use crate::control::{Generation, NbdStatus, PeerStatus, ResyncProgress, Status};
+use crate::control::{Generation, NbdStatus, PeerStatus, ResyncProgress, Status, VerifyStatus};
 
 /// The fixed facts of the resource, and resync rate samples.
 pub struct StatusInfo {
@@ -104,6 +104,23 @@ impl StatusInfo {
                 percent_in_sync: round2(100.0 - oos as f64 * 100.0 / size_bytes.max(1) as f64),
                 resync,
                 split_brain: core.split_brain(),
+                verify: core.verify_progress().map(|v| VerifyStatus {
+                    running: v.running,
+                    side: if v.source { "VerifyS" } else { "VerifyT" }.into(),
+                    start_bytes: v.start_bytes,
+                    stop_bytes: v.stop_bytes,
+                    done_percent: if v.total_bytes == 0 {
+                        100.0
+                    } else {
+                        round2(v.done_bytes as f64 * 100.0 / v.total_bytes as f64)
+                    },
+                    rate_bytes_per_s: if v.running && v.source {
+                        self.rate_bytes_per_s()
+                    } else {
+                        0
+                    },
+                    out_of_sync_found_bytes: v.found_bytes,
+                }),
             }],
         }
     }
@@ -134,6 +151,22 @@ impl StatusInfo {
             Event::ResyncProgress {
                 done_bytes,
                 total_bytes,
+            } => {
+                let done = if *total_bytes == 0 {
+                    100.0
+                } else {
+                    round2(*done_bytes as f64 * 100.0 / *total_bytes as f64)
+                };
+                Ev::new(EventWhat::Change, EventObject::PeerDevice, r)
+                    .peer_node(&self.peer)
+                    .replication(&core.replication_state().to_string())
+                    .done(done)
+                    .out_of_sync_bytes(core.out_of_sync_bytes())
+            }
+            Event::VerifyProgress {
+                done_bytes,
+                total_bytes,
+                ..
             } => {
                 let done = if *total_bytes == 0 {
                     100.0

@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 use urbd_protocol::{
-    Data, GenerationUuids, Message, NegAck, RangeWrite, ResyncData, State, StateChange,
-    StateChangeOutcome, StateChangeRefusal, StateChangeReply, StateFlags, WriteErrorCode,
-    WriteFlags,
+    BlockRange, Data, GenerationUuids, Message, NegAck, RangeWrite, ResyncData, ResyncStart, State,
+    StateChange, StateChangeOutcome, StateChangeRefusal, StateChangeReply, StateFlags, VerifyReply,
+    VerifyRequest, VerifyStart, WriteErrorCode, WriteFlags,
 };
 use urbd_replicator::core::{DataSource, PeerMsg, PeerView};
 
@@ -78,6 +78,37 @@ pub fn to_wire(msg: PeerMsg, payload: impl FnOnce(DataSource) -> Bytes) -> Vec<M
             },
         })),
         PeerMsg::Bitmap { .. } => unreachable!("bitmap slices are encoded by the engine"),
+        PeerMsg::ResyncStart {
+            full,
+            sender_is_target,
+        } => one(Message::ResyncStart(ResyncStart {
+            full,
+            sender_is_target,
+        })),
+        PeerMsg::SyncPause { paused } => one(Message::SyncPause { paused }),
+        PeerMsg::VerifyStart {
+            start_bytes,
+            stop_bytes,
+        } => one(Message::VerifyStart(VerifyStart {
+            start_bytes,
+            stop_bytes,
+        })),
+        PeerMsg::VerifyRequest {
+            offset_bytes,
+            len_bytes,
+            digest,
+        } => one(Message::VerifyRequest(VerifyRequest {
+            range: block_range(offset_bytes, len_bytes),
+            digest,
+        })),
+        PeerMsg::VerifyReply {
+            offset_bytes,
+            len_bytes,
+            in_sync,
+        } => one(Message::VerifyReply(VerifyReply {
+            range: block_range(offset_bytes, len_bytes),
+            in_sync,
+        })),
         // A SyncUuid immediately followed by a request to make the peer's disk UpToDate.
         PeerMsg::NewCurrentUuid { uuid } => vec![
             Message::SyncUuid { uuid },
@@ -86,6 +117,14 @@ pub fn to_wire(msg: PeerMsg, payload: impl FnOnce(DataSource) -> Bytes) -> Vec<M
                 disk: Some(urbd_protocol::DiskState::UpToDate),
             }),
         ],
+    }
+}
+
+/// Verify blocks are one bitmap block: far below 4 GiB.
+fn block_range(offset_bytes: u64, len_bytes: u64) -> BlockRange {
+    BlockRange {
+        offset_bytes,
+        length_bytes: u32::try_from(len_bytes).expect("verify blocks are small"),
     }
 }
 
@@ -192,6 +231,25 @@ pub fn from_wire(msg: Message, pending_sync_uuid: &mut Option<u64>) -> Vec<Incom
         }) => PeerMsg::PromoteRequest,
         Message::StateChangeReply(r) => PeerMsg::PromoteReply {
             ok: r.outcome == StateChangeOutcome::Accepted,
+        },
+        Message::ResyncStart(r) => PeerMsg::ResyncStart {
+            full: r.full,
+            sender_is_target: r.sender_is_target,
+        },
+        Message::SyncPause { paused } => PeerMsg::SyncPause { paused },
+        Message::VerifyStart(v) => PeerMsg::VerifyStart {
+            start_bytes: v.start_bytes,
+            stop_bytes: v.stop_bytes,
+        },
+        Message::VerifyRequest(v) => PeerMsg::VerifyRequest {
+            offset_bytes: v.range.offset_bytes,
+            len_bytes: u64::from(v.range.length_bytes),
+            digest: v.digest,
+        },
+        Message::VerifyReply(v) => PeerMsg::VerifyReply {
+            offset_bytes: v.range.offset_bytes,
+            len_bytes: u64::from(v.range.length_bytes),
+            in_sync: v.in_sync,
         },
         _ => {
             out.push(Incoming::Ignore("message type not used by this version"));
