@@ -138,6 +138,8 @@ pub struct Pair {
     repl_ports: [u16; 2],
     nbd_ports: [u16; 2],
     data_size: Option<u64>,
+    /// TOML appended to both config files (e.g. a `[resync]` table).
+    extra_config: String,
 }
 
 impl Pair {
@@ -173,6 +175,7 @@ impl Pair {
             repl_ports: [pa, pb],
             nbd_ports: [na, nb],
             data_size: None,
+            extra_config: String::new(),
             dir,
         };
         pair.write_configs();
@@ -223,7 +226,15 @@ impl Pair {
             "\n[net]\nping-interval-ms = {}\nping-timeout-ms = {}\ntimeout-ms = {}\nconnect-interval-ms = {}\n",
             n.ping_interval_ms, n.ping_timeout_ms, n.timeout_ms, n.connect_interval_ms
         ));
+        s.push_str(&self.extra_config);
         s
+    }
+
+    /// Appends `toml` (e.g. a `[resync]` table) to both nodes' config files; takes effect at
+    /// the next `up`.
+    pub fn set_extra_config(&mut self, toml: &str) {
+        self.extra_config = format!("\n{toml}");
+        self.write_configs();
     }
 
     fn write_configs(&self) {
