@@ -39,7 +39,8 @@ impl Core {
         if matches!(
             self.repl,
             ReplicationState::SyncTarget | ReplicationState::PausedSyncT
-        ) {
+        ) && !mutated!(PromoteSyncTarget)
+        {
             return Some(Err("this node is SyncTarget (its disk is being resynced); wait for `urbdadm wait-sync` to finish".into()));
         }
         if let Some(p) = &self.peer {

@@ -87,6 +87,14 @@ impl Core {
             }
             Verdict::BitmapSync(dir) | Verdict::ActivityLogSync(dir) => self.start_sync(dir, false),
             Verdict::FullSync(dir) => self.start_sync(dir, true),
+            Verdict::SplitBrain { .. } if mutated!(MergeSplitBrain) => {
+                let dir = if self.cfg.node_name < self.cfg.peer_name {
+                    SyncDirection::IAmSource
+                } else {
+                    SyncDirection::IAmTarget
+                };
+                self.start_sync(dir, false);
+            }
             Verdict::SplitBrain { .. } => {
                 self.split_brain = true;
                 self.event(Event::SplitBrain);

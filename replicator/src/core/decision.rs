@@ -448,7 +448,11 @@ fn compare(me: &SideInfo, peer: &SideInfo) -> Compare {
     // Evidence that I am behind (target) and that I am ahead (source), in DRBD's order.
     let target = if masked(pu.bitmap) == self_cur {
         Some(cmp(
-            -1,
+            if super::mutated!(SwapUuidRule50) {
+                1
+            } else {
+                -1
+            },
             rules::PEER_BITMAP_IS_MY_CURRENT,
             "the peer's bitmap starts at my current generation",
         ))

@@ -8,10 +8,25 @@
 //! state (`step_primary`, `step_secondary`, `step_sync_source`, `step_sync_target`).
 //! PROTOCOL.md §5 (write path), §6 (liveness) and §7 (resync, decisions) are the spec.
 
+/// `mutated!(Name)`: true when the deliberate bug `Name` is selected (feature `mutations`,
+/// simulator tests only); a constant `false` otherwise.
+macro_rules! mutated {
+    ($m:ident) => {{
+        #[cfg(feature = "mutations")]
+        let on = $crate::core::mutation::active($crate::core::mutation::Mutation::$m);
+        #[cfg(not(feature = "mutations"))]
+        let on = false;
+        on
+    }};
+}
+pub(crate) use mutated;
+
 mod admin;
 mod conflicts;
 mod connection;
 pub mod decision;
+#[cfg(feature = "mutations")]
+pub mod mutation;
 mod primary;
 mod resync;
 mod secondary;

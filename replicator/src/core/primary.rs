@@ -122,7 +122,9 @@ impl Core {
             w.peer_seq = Some(seq);
         } else {
             // The peer misses this write: mark it before anyone sees an ack.
-            self.bitmap.set_range(offset_bytes, len_bytes);
+            if !mutated!(SkipBitmapWhileDisconnected) {
+                self.bitmap.set_range(offset_bytes, len_bytes);
+            }
         }
         // The frame goes out first: the peer's write overlaps ours.
         let op = if zero {
@@ -331,7 +333,7 @@ impl Core {
             // Sent after the data frames of every write acked so far: the peer flushes once
             // those are written (PROTOCOL.md §5.4).
             self.send_data(PeerMsg::FlushReq { flush_id: id });
-            f.peer_waiting = true;
+            f.peer_waiting = !mutated!(FlushAckBeforePeer);
         }
         self.client_flushes.insert(id, f);
     }
@@ -381,12 +383,18 @@ impl Core {
                         .expect("tracked client write");
                     w.peer_seq = None;
                     let (o, l) = (w.offset_bytes, w.len_bytes);
-                    self.bitmap.set_range(o, l);
+                    if !mutated!(SkipBitmapOnPeerLoss) {
+                        self.bitmap.set_range(o, l);
+                    }
                 }
                 PeerPending::Answered {
                     offset_bytes,
                     len_bytes,
-                } => self.bitmap.set_range(offset_bytes, len_bytes),
+                } => {
+                    if !mutated!(SkipBitmapOnPeerLoss) {
+                        self.bitmap.set_range(offset_bytes, len_bytes)
+                    }
+                }
                 PeerPending::Resync { .. } => {}
             }
         }

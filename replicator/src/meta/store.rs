@@ -433,7 +433,11 @@ impl<IO: MetaIo> MetaStore<IO> {
         }
         let mut next = sb.clone();
         next.seq = self.current.seq + 1;
-        let target = 1 - self.newest_slot;
+        let target = if crate::core::mutated!(SuperblockInPlace) {
+            self.newest_slot
+        } else {
+            1 - self.newest_slot
+        };
         let off = self.layout.superblock_slot_offset_bytes(target);
         self.write_all(off, &next.encode(), "superblock write")?;
         self.sync()?;
