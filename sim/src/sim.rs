@@ -726,6 +726,8 @@ impl Sim {
                 r.map(|_| ())
             }
             Persist::Bitmap => {
+                // The driver's contract: completed data writes are durable before the pages.
+                n.disk.flush();
                 let core = n.core.as_mut().expect("core");
                 let pages = core.take_dirty_bitmap_pages();
                 store.write_bitmap_pages(core.bitmap(), &pages)
@@ -1360,6 +1362,16 @@ impl Sim {
                 s.2 == ConnectionState::Connected && s.3 == ReplicationState::Established
             })
         };
+        // Both disks still fresh (rule 10 waits for an operator): the operator does the
+        // initial sync, `primary --force` on one node, as the README says.
+        let fresh = |i: usize| {
+            self.n[i].core.as_ref().is_some_and(|c| {
+                c.disk_state() == DiskState::Inconsistent
+                    && c.uuids().current & !1 == urbd_protocol::UUID_JUST_CREATED
+            })
+        };
+        let initial_sync =
+            self.quiescent() && established(0) && established(1) && fresh(0) && fresh(1);
         if self.quiescent() && established(0) && established(1) {
             if let Some(i) = (0..2).find(|&i| {
                 self.n[i]
@@ -1369,6 +1381,9 @@ impl Sim {
             }) {
                 self.admin_cmd(i, AdminCmd::Disconnect);
             }
+        }
+        if initial_sync {
+            self.admin_cmd(0, AdminCmd::Primary { force: true });
         }
         // The operator: connect what is StandAlone (resolving a split brain).
         for i in 0..2 {
@@ -1571,6 +1586,12 @@ impl Sim {
     fn admin_cmd(&mut self, i: usize, cmd: AdminCmd) {
         if let AdminCmd::Connect { discard_my_data } = cmd {
             self.n[i].discard_requested = discard_my_data;
+            if discard_my_data {
+                // The operator resolves a split brain by discarding this node's changes: the
+                // writes acknowledged there since the split are lost on purpose (counted as
+                // operator-caused, like a reckless promotion; invariants 1 and 2 relax).
+                self.operator_loss = true;
+            }
         }
         trace!(self, "operator on {}: {:?}", NAMES[i], cmd);
         self.step(i, Input::Admin(cmd));

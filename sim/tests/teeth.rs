@@ -114,7 +114,11 @@ fn merged_split_brain_is_caught() {
         Mutation::MergeSplitBrain,
         true,
         false,
-        &["split brain (5)", "two Primaries"],
+        &[
+            "split brain (5)",
+            "two Primaries",
+            "SyncTarget is never Primary",
+        ],
     );
 }
 

@@ -117,12 +117,28 @@ impl Core {
                 self.clients
             )));
         }
+        let inflight =
+            self.client_writes.len() + self.waiting_clients.len() + self.client_flushes.len();
+        if inflight > 0 {
+            // A demotion never leaves application writes behind it (urbd-sim seed 3: writes
+            // queued on a conflict started after the demotion, on a Secondary).
+            return Some(Err(format!(
+                "{inflight} application request(s) still in flight; retry in a moment"
+            )));
+        }
         self.set_role(Role::Secondary);
         // The bits set while Primary must be durable before the superblock stops saying
         // "Primary": after that a crash no longer resyncs the activity log (urbd-sim seed 13
         // of the first runs: a write while disconnected, demote, crash → silent divergence).
         self.emit(Action::Persist(Persist::Bitmap));
-        self.persist_superblock();
+        // And so must the data written while Primary: until this flush completes the
+        // superblock keeps saying "Primary", so a crash still resyncs the activity log
+        // (urbd-sim seed 37: demote, crash, writes lost from the volatile cache).
+        self.demote_flush_pending = true;
+        self.emit(Action::Local {
+            io: LocalIo::RoleFlush,
+            op: LocalOp::Flush,
+        });
         self.send_state();
         Some(Ok(()))
     }

@@ -247,6 +247,7 @@ impl Core {
                 return;
             }
         }
+        self.maybe_send_barrier();
         self.pump_resync();
         self.pump_verify();
     }

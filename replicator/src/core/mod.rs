@@ -156,6 +156,17 @@ pub struct Core {
     standalone_sticky: bool,
     /// A promotion waiting for the peer's PromoteReply (`force` flag).
     promoting: Option<bool>,
+    /// A demotion whose local flush has not completed: the superblock still says Primary.
+    demote_flush_pending: bool,
+    /// Ranges the peer acknowledged but has not yet flushed (epoch, offset, length).
+    peer_volatile: Vec<(u64, u64, u64)>,
+    /// Counts FlushReqs sent; a write acknowledged in epoch e is covered by the FlushReq that
+    /// closes epoch e.
+    flush_epoch: u64,
+    /// FlushReqs in flight → the epoch each closes.
+    flush_epochs: BTreeMap<u64, u64>,
+    barrier_inflight: Option<u64>,
+    barrier_count: u64,
     bitmap: Bitmap,
     al_hot: Vec<u64>,
     clients: u32,
@@ -242,6 +253,12 @@ impl Core {
             discard_my_data: false,
             standalone_sticky: false,
             promoting: None,
+            demote_flush_pending: false,
+            peer_volatile: Vec::new(),
+            flush_epoch: 0,
+            flush_epochs: BTreeMap::new(),
+            barrier_inflight: None,
+            barrier_count: 0,
             bitmap: restored.bitmap,
             al_hot: Vec::new(),
             clients: 0,
@@ -316,6 +333,9 @@ impl Core {
                 bit_count,
                 bits,
             } => {
+                if self.conn != ConnectionState::Connected {
+                    return std::mem::take(&mut self.actions);
+                }
                 self.last_rx_ms = now_ms;
                 self.on_peer_bitmap(first_bit, bit_count, &bits);
             }
@@ -325,6 +345,10 @@ impl Core {
     }
 
     fn on_peer_message(&mut self, seq: u64, msg: PeerMsg) {
+        if self.conn != ConnectionState::Connected {
+            // A frame of a connection already gone (the driver raced its loss): never act on it.
+            return;
+        }
         match msg {
             PeerMsg::Ping => self.send_meta(PeerMsg::PingAck),
             PeerMsg::PingAck => self.ping_sent_ms = None,
@@ -363,6 +387,16 @@ impl Core {
             LocalIo::Peer(seq) | LocalIo::ResyncWrite(seq) => self.peer_write_done(seq, ok),
             LocalIo::PeerFlush(flush_id) => self.peer_flush_done(flush_id, ok),
             LocalIo::ResyncRead(offset) => self.step_sync_source_read_done(offset, ok),
+            LocalIo::RoleFlush => {
+                self.demote_flush_pending = false;
+                if ok {
+                    self.persist_superblock();
+                } else {
+                    self.event(Event::Message(
+                        "flush after demotion failed: the metadata keeps saying Primary".into(),
+                    ));
+                }
+            }
             LocalIo::VerifyDigest(_) | LocalIo::PeerVerifyDigest(_) => {
                 panic!("a digest completes with Input::DigestDone, not LocalDone")
             }
@@ -396,7 +430,7 @@ impl Core {
         MetaState {
             uuids: self.uuids,
             disk: self.disk,
-            primary: self.role == Role::Primary,
+            primary: self.role == Role::Primary || self.demote_flush_pending,
             crashed_primary: self.crashed_primary,
         }
     }

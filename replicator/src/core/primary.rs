@@ -272,6 +272,7 @@ impl Core {
             PeerMsg::WriteAck { request_id } => self.peer_write_acked(request_id, true),
             PeerMsg::NegAck { request_id } => self.peer_write_acked(request_id, false),
             PeerMsg::FlushAck { flush_id } => {
+                self.peer_flushed(flush_id);
                 if let Some(f) = self.client_flushes.get_mut(&flush_id) {
                     f.peer_waiting = false;
                 }
@@ -296,8 +297,10 @@ impl Core {
                     .get_mut(&id)
                     .expect("tracked client write");
                 w.peer_seq = None;
-                if !ok {
-                    let (o, l) = (w.offset_bytes, w.len_bytes);
+                let (o, l) = (w.offset_bytes, w.len_bytes);
+                if ok {
+                    self.note_peer_volatile(o, l);
+                } else {
                     self.bitmap.set_range(o, l);
                 }
                 self.maybe_finish_client_write(id);
@@ -306,14 +309,21 @@ impl Core {
                 offset_bytes,
                 len_bytes,
             } => {
-                if !ok {
+                if ok {
+                    self.note_peer_volatile(offset_bytes, len_bytes);
+                } else {
                     self.bitmap.set_range(offset_bytes, len_bytes);
                 }
             }
             PeerPending::Resync {
                 offset_bytes,
                 len_bytes,
-            } => self.resync_acked(offset_bytes, len_bytes, ok),
+            } => {
+                if ok {
+                    self.note_peer_volatile(offset_bytes, len_bytes);
+                }
+                self.resync_acked(offset_bytes, len_bytes, ok)
+            }
         }
         self.maybe_finish_flushes();
     }
@@ -333,6 +343,7 @@ impl Core {
             // Sent after the data frames of every write acked so far: the peer flushes once
             // those are written (PROTOCOL.md §5.4).
             self.send_data(PeerMsg::FlushReq { flush_id: id });
+            self.open_flush_epoch(id);
             f.peer_waiting = !mutated!(FlushAckBeforePeer);
         }
         self.client_flushes.insert(id, f);
@@ -373,6 +384,7 @@ impl Core {
     /// The peer is gone: every write it has not confirmed is marked out of sync, and whatever
     /// waited for it completes on the local disk alone.
     pub(super) fn forget_peer_requests(&mut self) {
+        self.mark_peer_volatile();
         let pending = std::mem::take(&mut self.peer_pending);
         for (_, p) in pending {
             match p {
@@ -425,5 +437,55 @@ impl Core {
             .filter(|f| f.peer_waiting)
             .map(|f| f.sent_ms);
         writes.chain(flushes).min()
+    }
+}
+
+/// Flush ids of the core's own barriers (client flush ids are client request ids, far below).
+const BARRIER_ID_BASE: u64 = 1 << 63;
+
+impl Core {
+    /// A write the peer acknowledged is only in its volatile cache: keep its range until a
+    /// peer flush covers it, so that losing the peer (a crash of its cache included) marks it
+    /// out of sync. This is DRBD's transfer log and barrier acks (PROTOCOL.md §5.4).
+    fn note_peer_volatile(&mut self, offset_bytes: u64, len_bytes: u64) {
+        self.peer_volatile
+            .push((self.flush_epoch, offset_bytes, len_bytes));
+    }
+
+    /// A FlushReq was sent: writes acknowledged so far belong to the epoch it closes.
+    fn open_flush_epoch(&mut self, flush_id: u64) {
+        self.flush_epochs.insert(flush_id, self.flush_epoch);
+        self.flush_epoch += 1;
+    }
+
+    /// The peer flushed: every write it acknowledged before that FlushReq is durable there.
+    fn peer_flushed(&mut self, flush_id: u64) {
+        if let Some(epoch) = self.flush_epochs.remove(&flush_id) {
+            self.peer_volatile.retain(|&(e, _, _)| e > epoch);
+        }
+        if self.barrier_inflight == Some(flush_id) {
+            self.barrier_inflight = None;
+        }
+    }
+
+    /// On a tick: if the peer holds acknowledged writes only in its cache, ask it to flush.
+    pub(super) fn maybe_send_barrier(&mut self) {
+        if self.peer_volatile.is_empty() || self.barrier_inflight.is_some() || !self.replicating() {
+            return;
+        }
+        self.barrier_count += 1;
+        let flush_id = BARRIER_ID_BASE | self.barrier_count;
+        self.send_data(PeerMsg::FlushReq { flush_id });
+        self.open_flush_epoch(flush_id);
+        self.barrier_inflight = Some(flush_id);
+    }
+
+    /// The peer is gone: whatever it held only in its cache may be lost with it.
+    pub(super) fn mark_peer_volatile(&mut self) {
+        for (_, offset_bytes, len_bytes) in std::mem::take(&mut self.peer_volatile) {
+            self.bitmap.set_range(offset_bytes, len_bytes);
+        }
+        self.flush_epochs.clear();
+        self.barrier_inflight = None;
     }
 }

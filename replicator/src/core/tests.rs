@@ -385,6 +385,9 @@ impl Pair {
         p.connect_both();
         assert_eq!(p.admin(0, AdminCmd::Primary { force: true }), Ok(()));
         p.settle();
+        // A tick sends the barrier that makes the resynced data durable on the peer.
+        p.step(0, Input::Tick);
+        p.settle();
         p
     }
 }
@@ -1035,4 +1038,36 @@ fn verify_ends_when_the_peer_is_lost() {
         assert!(!v.running && v.done_bytes < SIZE);
     }
     assert_eq!(marked_blocks(&p, 0), [1]);
+}
+
+// PROTOCOL.md §5.4: a write the peer acknowledged but has not flushed is still at risk (its
+// cache may die with it): losing the peer before the barrier marks it out of sync; after the
+// barrier's FlushAck it is durable there and nothing is marked.
+#[test]
+fn peer_cache_is_trusted_only_after_a_barrier() {
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    let id = p.write(0, 0, pattern(1, 4096));
+    p.settle();
+    assert_eq!(p.acked(0, id), Some(Ok(())));
+    p.cut();
+    p.settle();
+    assert_eq!(
+        p.n[0].core.out_of_sync_bytes(),
+        4096,
+        "acked but unflushed on the peer"
+    );
+
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    let id = p.write(0, 0, pattern(2, 4096));
+    p.settle();
+    p.step(0, Input::Tick); // the barrier: FlushReq → the peer flushes → FlushAck
+    p.settle();
+    assert_eq!(p.acked(0, id), Some(Ok(())));
+    p.cut();
+    p.settle();
+    assert_eq!(
+        p.n[0].core.out_of_sync_bytes(),
+        0,
+        "flushed on the peer before the cut"
+    );
 }

@@ -17,6 +17,8 @@ pub enum LocalIo {
     PeerFlush(u64),
     /// A resync read on the SyncSource, by offset.
     ResyncRead(u64),
+    /// The flush after a demotion: only then does the superblock stop saying "Primary".
+    RoleFlush,
     /// A resync write on the SyncTarget, by the data frame's seq.
     ResyncWrite(u64),
     /// A digest of a block of the online-verify range on VerifyS, by verify block id.
@@ -255,7 +257,9 @@ pub enum AdminCmd {
 pub enum Persist {
     /// Role-independent metadata: UUIDs, disk state, flags.
     Superblock(MetaState),
-    /// Bitmap pages changed since the last persist.
+    /// Bitmap pages changed since the last persist. The driver first makes every data write
+    /// completed so far durable (flush), then writes the pages: a cleared bit never reaches
+    /// the disk before the block it vouches for.
     Bitmap,
     /// Activity-log extents that must be hot before the next write lands in them.
     ActivityLog { extents: Vec<u64> },

@@ -627,6 +627,7 @@ impl Engine {
             Persist::Superblock(m) => self.meta.write_state(&m),
             Persist::Bitmap => {
                 let pages = self.core.take_dirty_bitmap_pages();
+                flush_data(&self.disk)?;
                 self.meta.write_bitmap(self.core.bitmap(), &pages)
             }
             Persist::ActivityLog { extents } => self.meta.write_al(extents),
@@ -644,8 +645,10 @@ impl Engine {
         if pages.is_empty() {
             return;
         }
-        let result =
-            tokio::task::block_in_place(|| self.meta.write_bitmap(self.core.bitmap(), &pages));
+        let result = tokio::task::block_in_place(|| {
+            flush_data(&self.disk)?;
+            self.meta.write_bitmap(self.core.bitmap(), &pages)
+        });
         if let Err(e) = result {
             tracing::error!("cannot persist the bitmap: {e}; stopping the resource");
             std::process::exit(70);
@@ -775,4 +778,10 @@ fn digest_of(alg: urbd_protocol::DigestAlgorithm, data: &[u8]) -> urbd_protocol:
             urbd_protocol::Digest::Sha256(sha2::Sha256::digest(data).into())
         }
     }
+}
+
+/// Data first, then the bitmap: cleared bits must never reach the disk before the blocks they
+/// vouch for (a crash in between would leave a block differing and unmarked).
+fn flush_data(disk: &LocalDisk) -> Result<(), urbd_replicator::Error> {
+    tokio::runtime::Handle::current().block_on(disk.flush())
 }
