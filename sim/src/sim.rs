@@ -1250,6 +1250,12 @@ impl Sim {
             a.core.as_ref().expect("core"),
             b.core.as_ref().expect("core"),
         );
+        // Between a link loss and the moment a side notices it (ping timeout), writes the
+        // Primary still tracks for the peer are not marked yet: they will be at the loss.
+        let connected = |c: &Core| c.connection_state() == ConnectionState::Connected;
+        if connected(ca) != connected(cb) {
+            return;
+        }
         for blk in 0..(SIZE / u64::from(BPB)) {
             let r = (blk * u64::from(BPB)) as usize..((blk + 1) * u64::from(BPB)) as usize;
             if a.disk.current[r.clone()] != b.disk.current[r]
@@ -1384,6 +1390,18 @@ impl Sim {
         }
         if initial_sync {
             self.admin_cmd(0, AdminCmd::Primary { force: true });
+        }
+        // A paused resync: the operator resumes it (only the node that paused can).
+        for i in 0..2 {
+            let paused = self.states(i).is_some_and(|s| {
+                matches!(
+                    s.3,
+                    ReplicationState::PausedSyncS | ReplicationState::PausedSyncT
+                )
+            });
+            if paused {
+                self.admin_cmd(i, AdminCmd::ResumeSync);
+            }
         }
         // The operator: connect what is StandAlone (resolving a split brain).
         for i in 0..2 {

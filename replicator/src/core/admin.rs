@@ -160,6 +160,20 @@ impl Core {
 
     fn admin_disconnect(&mut self) -> Option<Result<(), String>> {
         self.standalone_sticky = true;
+        if self.conn == ConnectionState::Connected && !self.peer_volatile.is_empty() {
+            // A graceful disconnect: first the peer flushes what it acknowledged, so that only
+            // the writes of the disconnected period need a resync later. Bounded by timeout-ms.
+            self.disconnect_deadline_ms = Some(self.now_ms + self.cfg.timeout_ms);
+            self.maybe_send_barrier();
+            return None;
+        }
+        self.finish_disconnect();
+        Some(Ok(()))
+    }
+
+    /// The operator's disconnect, now.
+    pub(super) fn finish_disconnect(&mut self) {
+        self.disconnect_deadline_ms = None;
         if self.conn == ConnectionState::Connected {
             self.drop_peer("disconnected by the operator");
             self.emit(Action::Disconnect {
@@ -167,7 +181,19 @@ impl Core {
             });
         }
         self.set_conn(ConnectionState::StandAlone);
-        Some(Ok(()))
+    }
+
+    /// A graceful disconnect waits for the peer's flush: done, or out of time?
+    pub(super) fn check_graceful_disconnect(&mut self) {
+        let Some(deadline) = self.disconnect_deadline_ms else {
+            return;
+        };
+        if self.peer_volatile.is_empty() || self.now_ms >= deadline {
+            self.finish_disconnect();
+            self.emit(Action::AdminReply(Ok(())));
+        } else {
+            self.maybe_send_barrier();
+        }
     }
 
     fn admin_new_current_uuid(&mut self, clear_bitmap: bool) -> Option<Result<(), String>> {

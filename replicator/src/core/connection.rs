@@ -163,6 +163,10 @@ impl Core {
     }
 
     pub(super) fn on_peer_lost(&mut self, reason: &str) {
+        if self.disconnect_deadline_ms.take().is_some() {
+            // The link went before the graceful disconnect finished: it is done anyway.
+            self.emit(Action::AdminReply(Ok(())));
+        }
         if self.peer.is_some() || self.conn == ConnectionState::Connected {
             self.drop_peer(reason);
         }

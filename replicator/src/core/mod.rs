@@ -167,6 +167,8 @@ pub struct Core {
     flush_epochs: BTreeMap<u64, u64>,
     barrier_inflight: Option<u64>,
     barrier_count: u64,
+    /// An operator disconnect waiting for the peer's flush (until this time).
+    disconnect_deadline_ms: Option<u64>,
     bitmap: Bitmap,
     al_hot: Vec<u64>,
     clients: u32,
@@ -259,6 +261,7 @@ impl Core {
             flush_epochs: BTreeMap::new(),
             barrier_inflight: None,
             barrier_count: 0,
+            disconnect_deadline_ms: None,
             bitmap: restored.bitmap,
             al_hot: Vec::new(),
             clients: 0,
@@ -340,6 +343,7 @@ impl Core {
                 self.on_peer_bitmap(first_bit, bit_count, &bits);
             }
         }
+        self.check_graceful_disconnect();
         self.check_invariants();
         std::mem::take(&mut self.actions)
     }

@@ -719,8 +719,18 @@ impl Engine {
                 ));
             }
             self.step(Input::Admin(AdminCmd::Secondary { force: false }));
+            if self.core.role() == Role::Primary {
+                return Response::error("application requests still in flight; retry `down`");
+            }
         }
         self.step(Input::Admin(AdminCmd::Disconnect));
+        if self.core.connection_state() == ConnectionState::Connected {
+            // No waiting for a graceful disconnect when going down: let the core mark what
+            // the peer holds only in its cache, now.
+            self.step(Input::PeerLost {
+                reason: "resource going down".into(),
+            });
+        }
         if let Some((_, tx)) = self.peer.take() {
             tx.close("resource going down");
         }
