@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use urbd_protocol::{ConnectionState, Role};
+use urbd_protocol::{ConnectionState, ReplicationState, Role};
 use urbd_replicator::core::{
     Action, AdminCmd, ClientRequest, Core, DataSource, Event, Input, IoFailure, LocalIo, LocalOp,
     PeerMsg, Persist,
@@ -117,6 +117,9 @@ pub struct Engine {
     pub exit_requested: bool,
     /// Client requests (writes, zeroes, flushes) in the core at most: `max-inflight-writes`.
     pub inflight_writes_max: usize,
+    /// `[handlers]` commands.
+    pub handlers: super::handlers::Handlers,
+    was_sync_target: bool,
     held: std::collections::VecDeque<(ClientOp, oneshot::Sender<Result<(), IoFailure>>)>,
 }
 
@@ -158,6 +161,8 @@ impl Engine {
             last_bitmap_save_ms: 0,
             exit_requested: false,
             inflight_writes_max: 1024,
+            handlers: Default::default(),
+            was_sync_target: false,
             held: std::collections::VecDeque::new(),
         }
     }
@@ -749,6 +754,20 @@ impl Engine {
 
     fn publish(&mut self, e: &Event) {
         let line = self.info.event_line(e, &self.core);
+        match e {
+            Event::SplitBrain => self.handlers.run("split-brain"),
+            Event::Replication(ReplicationState::SyncTarget) => {
+                self.was_sync_target = true;
+                self.handlers.run("before-resync-target");
+            }
+            Event::Replication(ReplicationState::Established) if self.was_sync_target => {
+                self.was_sync_target = false;
+                self.handlers.run("after-resync-target");
+            }
+            Event::Replication(ReplicationState::PausedSyncT) => {}
+            Event::Replication(_) => self.was_sync_target = false,
+            _ => {}
+        }
         match e {
             Event::Message(m) => tracing::info!("{m}"),
             Event::SplitBrain => {

@@ -6,6 +6,7 @@
 mod control_server;
 mod device;
 mod engine;
+mod handlers;
 mod meta;
 mod status;
 mod wire;
@@ -231,6 +232,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         connect,
     );
     engine.inflight_writes_max = cfg.net.max_inflight_writes.max(1) as usize;
+    engine.handlers = handlers::Handlers {
+        split_brain: cfg.handlers.split_brain.clone(),
+        before_resync_target: cfg.handlers.before_resync_target.clone(),
+        after_resync_target: cfg.handlers.after_resync_target.clone(),
+        resource: cfg.resource.clone(),
+        node: local.name.clone(),
+        peer: peer.name.clone(),
+    };
     println!(
         "urbd: resource {} on node {} up; NBD export {uri} (served while Primary)",
         cfg.resource, local.name
@@ -282,12 +291,9 @@ fn split_brain_policy(c: &crate::config::SplitBrainConfig) -> decision::SplitBra
 fn warn_unimplemented(cfg: &crate::config::ResourceConfig) {
     let path = cfg.path.display();
     let h = &cfg.handlers;
-    let handlers = [
-        ("split-brain", &h.split_brain),
-        ("fence-peer", &h.fence_peer),
-        ("before-resync-target", &h.before_resync_target),
-        ("after-resync-target", &h.after_resync_target),
-    ];
+    // split-brain, before-resync-target and after-resync-target are run (handlers.rs);
+    // fencing (freezing I/O until fence-peer answers) is not implemented.
+    let handlers = [("fence-peer", &h.fence_peer)];
     for (key, value) in handlers {
         if value.is_some() {
             tracing::warn!("{path}: [handlers] {key} is not run by this version of urbd (events and the log report the same state changes)");
