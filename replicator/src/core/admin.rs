@@ -379,6 +379,8 @@ impl Core {
                 self.set_disk(DiskState::UpToDate);
                 self.persist_superblock();
                 self.emit(Action::Persist(Persist::Bitmap));
+                // The peer must learn that our disk is UpToDate now (its wait-sync waits for it).
+                self.send_state();
             }
             _ => unreachable!("not an admin message"),
         }
