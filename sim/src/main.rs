@@ -6,7 +6,7 @@ use std::time::Instant;
 use urbd_sim::{run, Options};
 
 const USAGE: &str = "usage: urbd-sim [--seeds N] [--start S] [--seed S] [--trace] [--faults F] \
-                     [--reckless] [--duration-ms MS]
+                     [--reckless] [--duration-ms MS] [--csums]
   --seeds N        run seeds START..START+N (default 100); stops at the first failing seed
   --start S        first seed of --seeds (default 0)
   --seed S         replay one seed exactly (add --trace for every event)
@@ -15,7 +15,8 @@ const USAGE: &str = "usage: urbd-sim [--seeds N] [--start S] [--seed S] [--trace
   --reckless       the operator also forces promotions (operator-caused losses are counted)
   --duration-ms MS simulated length of the fault phase (default 20000)
   --strict-peer-cache  replicated writes stay in the Secondary's volatile cache until a flush
-                   (exposes a known core gap, see docs/SIMULATION.md)";
+                   (exposes a known core gap, see docs/SIMULATION.md)
+  --csums          full resyncs compare crc32c digests first (csums-alg) on odd seeds";
 
 fn main() -> ExitCode {
     let mut opts = Options::default();
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
             "--trace" => opts.trace = true,
             "--reckless" => opts.reckless = true,
             "--strict-peer-cache" => opts.strict_peer_cache = true,
+            "--csums" => opts.csums = true,
             "--duration-ms" => opts.duration_ms = num(val("--duration-ms")),
             "--faults" => {
                 let v = val("--faults");

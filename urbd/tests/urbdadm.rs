@@ -340,6 +340,8 @@ fn wait_sync_done_and_standalone() {
                     done_percent: 50.0,
                     rate_bytes_per_s: 1 << 20,
                     eta_s: Some(1),
+                    sent_bytes: 0,
+                    in_sync_bytes: 0,
                 }),
                 ..established()
             },

@@ -191,6 +191,16 @@ impl Core {
             self.replicating() && self.peer.is_some_and(|p| p.disk == DiskState::UpToDate);
         self.forget_peer_requests();
         if let Some(r) = self.resync.take() {
+            self.last_resync = Some(ResyncStats {
+                running: false,
+                ..r.stats(self.now_ms)
+            });
+            if !r.source {
+                // CsumRequests not yet digested: nobody wants the answer. Digests running
+                // complete to nobody (`peer_csum_digest_done`).
+                self.conflicts
+                    .cancel_waiting(|o| matches!(o, Owner::CsumT(_)));
+            }
             if r.source {
                 self.conflicts
                     .cancel_waiting(|o| matches!(o, Owner::ResyncRead(_)));

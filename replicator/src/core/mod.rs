@@ -84,6 +84,9 @@ pub struct CoreConfig {
     pub resync_rate_min_bytes_per_s: u64,
     /// Digest of online verify (`verify-alg`).
     pub verify_alg: urbd_protocol::DigestAlgorithm,
+    /// Checksum-based resync (`csums-alg`, PROTOCOL.md §7.6.4): a full resync from this node
+    /// compares digests first and sends only the blocks that differ; `None` sends every block.
+    pub csums_alg: Option<urbd_protocol::DigestAlgorithm>,
 }
 
 impl CoreConfig {
@@ -137,6 +140,8 @@ enum Owner {
     VerifyS(u64),
     /// A VerifyRequest on VerifyT (frame key).
     VerifyT(u64),
+    /// A CsumRequest on the SyncTarget (frame key).
+    CsumT(u64),
 }
 
 /// The state machine of one resource on one node.
@@ -191,6 +196,8 @@ pub struct Core {
     /// Resync reads still in flight when their resync ended (the peer was lost): their
     /// completions are dropped, even if a new resync reads the same offset meanwhile.
     orphan_resync_reads: Vec<u64>,
+    /// The last finished resync (for status).
+    last_resync: Option<ResyncStats>,
     /// `pause-sync` on this node / on the peer (PROTOCOL.md §7.6.2).
     sync_paused_here: bool,
     sync_paused_by_peer: bool,
@@ -276,6 +283,7 @@ impl Core {
             peer_flushes: Vec::new(),
             resync: None,
             orphan_resync_reads: Vec::new(),
+            last_resync: None,
             sync_paused_here: false,
             sync_paused_by_peer: false,
             throttle: resync::Throttle::default(),
@@ -364,9 +372,11 @@ impl Core {
             PeerMsg::Data { .. } | PeerMsg::Zero { .. } | PeerMsg::FlushReq { .. } => {
                 self.step_secondary(seq, msg)
             }
-            PeerMsg::ResyncData { .. } | PeerMsg::ResyncDone | PeerMsg::SyncUuid { .. } => {
-                self.step_sync_target(seq, msg)
-            }
+            PeerMsg::ResyncData { .. }
+            | PeerMsg::ResyncDone
+            | PeerMsg::SyncUuid { .. }
+            | PeerMsg::CsumRequest { .. } => self.step_sync_target(seq, msg),
+            PeerMsg::InSync { .. } | PeerMsg::ResyncRequest { .. } => self.on_csum_reply(msg),
             PeerMsg::PromoteRequest
             | PeerMsg::PromoteReply { .. }
             | PeerMsg::NewCurrentUuid { .. } => self.on_peer_admin(msg),
@@ -401,7 +411,10 @@ impl Core {
                     ));
                 }
             }
-            LocalIo::VerifyDigest(_) | LocalIo::PeerVerifyDigest(_) => {
+            LocalIo::VerifyDigest(_)
+            | LocalIo::PeerVerifyDigest(_)
+            | LocalIo::ResyncDigest(_)
+            | LocalIo::PeerCsumDigest(_) => {
                 panic!("a digest completes with Input::DigestDone, not LocalDone")
             }
         }
@@ -537,6 +550,14 @@ impl Core {
     }
     pub fn resync_progress(&self) -> Option<(u64, u64)> {
         self.resync.as_ref().map(|r| (r.done_bytes, r.total_bytes))
+    }
+    /// The running resync's counters, else the last finished one's (since this process
+    /// started).
+    pub fn resync_stats(&self) -> Option<ResyncStats> {
+        self.resync
+            .as_ref()
+            .map(|r| r.stats(self.now_ms))
+            .or(self.last_resync)
     }
     /// The running online verify, else the last finished one (since this process started).
     pub fn verify_progress(&self) -> Option<VerifyProgress> {

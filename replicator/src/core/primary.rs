@@ -254,6 +254,7 @@ impl Core {
             }
             Owner::ResyncRead(offset) => self.start_resync_read(offset),
             Owner::VerifyS(_) | Owner::VerifyT(_) => self.start_verify_owner(owner),
+            Owner::CsumT(key) => self.start_csum_digest(key),
             Owner::Peer(seq) | Owner::ResyncWrite(seq) => self.start_peer_write(seq),
         }
     }

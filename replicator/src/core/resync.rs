@@ -16,10 +16,21 @@
 //! Pause (§7.6.2): the resync runs only while neither side has it paused (`pause-sync`); the
 //! SyncSource then sends nothing new and shows PausedSyncS, the target PausedSyncT. Resume
 //! continues from the cursor: the bitmap still holds every block not yet acknowledged.
+//!
+//! Checksum-based resync (§7.6.4, `csums-alg`, full resyncs only): for each marked block the
+//! SyncSource takes the block in its conflict tracker, has the driver digest it, sends
+//! `CsumRequest {range, digest}` on the data socket and only then releases the block — the
+//! same cut as a resync read: an application write that held the block before is complete
+//! locally and its frame precedes the request; one after waits and its frame follows. The
+//! SyncTarget takes the block in its own conflict tracker (so it digests after every write
+//! received before the request and before any after it), digests its copy and answers `InSync`
+//! (both sides clear the bits; nothing is sent, nothing is tracked for a barrier: the target
+//! already had those bytes) or `ResyncRequest`, for which the source does an ordinary resync
+//! read and sends `ResyncData` — with the ordering guarantees above.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use urbd_protocol::{DiskState, ReplicationState, Role, UUID_RESYNC_BUMP};
+use urbd_protocol::{Digest, DigestAlgorithm, DiskState, ReplicationState, Role, UUID_RESYNC_BUMP};
 
 use super::*;
 
@@ -38,7 +49,27 @@ pub(super) struct Resync {
     /// then may the source send, and finish.
     pub(super) peer_bitmap_complete: bool,
     started_ms: u64,
+    /// Checksum-based resync (§7.6.4): the algorithm, on the source for the first pass (a
+    /// later pass resends what the peer failed to write), on the target once a CsumRequest
+    /// came.
+    csums: Option<DigestAlgorithm>,
+    /// Source: blocks being digested (or waiting on a conflict): offset → length.
+    digests: BTreeMap<u64, u64>,
+    /// Source: CsumRequests sent, waiting for InSync / ResyncRequest: offset → length.
+    csum_awaiting: BTreeMap<u64, u64>,
+    /// Target: CsumRequests received and not answered: frame key → (offset, length, digest).
+    csum_requests: HashMap<u64, (u64, u64, Digest)>,
+    /// ResyncData payload bytes sent (source) or received (target).
+    sent_bytes: u64,
+    /// Bytes found in sync by checksum (nothing sent for them).
+    in_sync_bytes: u64,
 }
+
+/// Unit of a checksum comparison (at least one bitmap block, at most one resync chunk): a
+/// block that differs anywhere resends this much.
+const CSUM_BLOCK_BYTES: u64 = 64 << 10;
+/// Checksum comparisons in flight at most (they are small: keep the link busy).
+const CSUM_INFLIGHT_MAX: usize = 1024;
 
 /// Bits per bitmap frame (64 KiB of bits: well under the smallest frame limit).
 const BITMAP_CHUNK_BITS: u64 = 64 * 1024 * 8;
@@ -187,9 +218,63 @@ impl Core {
 }
 
 impl Resync {
-    /// Offsets of the resync reads started or waiting.
+    fn new(
+        source: bool,
+        total_bytes: u64,
+        full: bool,
+        csums: Option<DigestAlgorithm>,
+        now_ms: u64,
+    ) -> Resync {
+        Resync {
+            source,
+            cursor_bytes: 0,
+            reads: BTreeMap::new(),
+            acks_outstanding: 0,
+            done_bytes: 0,
+            total_bytes,
+            passes: 1,
+            peer_bitmap_complete: full,
+            started_ms: now_ms,
+            csums,
+            digests: BTreeMap::new(),
+            csum_awaiting: BTreeMap::new(),
+            csum_requests: HashMap::new(),
+            sent_bytes: 0,
+            in_sync_bytes: 0,
+        }
+    }
+
+    /// Offsets of the resync reads and digests started or waiting (`Owner::ResyncRead`).
     pub(super) fn read_offsets(&self) -> Vec<u64> {
-        self.reads.keys().copied().collect()
+        self.reads
+            .keys()
+            .chain(self.digests.keys())
+            .copied()
+            .collect()
+    }
+
+    /// Source: blocks read, digested, or waiting for the peer.
+    fn inflight(&self) -> usize {
+        self.reads.len() + self.digests.len() + self.csum_awaiting.len() + self.acks_outstanding
+    }
+
+    /// The checksum algorithm of this pass (source).
+    fn csums_now(&self) -> Option<DigestAlgorithm> {
+        self.csums.filter(|_| self.passes == 1)
+    }
+
+    pub(super) fn stats(&self, now_ms: u64) -> ResyncStats {
+        ResyncStats {
+            source: self.source,
+            running: true,
+            finished: false,
+            total_bytes: self.total_bytes,
+            done_bytes: self.done_bytes,
+            sent_bytes: self.sent_bytes,
+            in_sync_bytes: self.in_sync_bytes,
+            csums: self.csums,
+            elapsed_ms: now_ms.saturating_sub(self.started_ms),
+        }
     }
 }
 
@@ -217,17 +302,18 @@ impl Core {
         self.send_data(PeerMsg::SyncUuid { uuid: sync_uuid });
         let total_bytes = self.bitmap.dirty_bytes();
         self.reset_resync_controls();
-        self.resync = Some(Resync {
-            source: true,
-            cursor_bytes: 0,
-            reads: BTreeMap::new(),
-            acks_outstanding: 0,
-            done_bytes: 0,
-            total_bytes,
-            passes: 1,
-            peer_bitmap_complete: full,
-            started_ms: self.now_ms,
-        });
+        // Checksums for full resyncs only (§7.6.4): a bitmap resync moves blocks known to have
+        // changed, and a disk that never held data has nothing to compare.
+        let peer_fresh = self
+            .peer
+            .is_some_and(|p| p.uuids.current & !1 == urbd_protocol::UUID_JUST_CREATED);
+        let csums = self.cfg.csums_alg.filter(|_| full && !peer_fresh);
+        if let Some(alg) = csums {
+            self.event(Event::Message(format!(
+                "checksum-based resync ({alg}): only blocks whose digests differ are sent"
+            )));
+        }
+        self.resync = Some(Resync::new(true, total_bytes, full, csums, self.now_ms));
         self.update_sync_repl();
         if !full {
             self.send_bitmap();
@@ -245,17 +331,7 @@ impl Core {
         self.emit(Action::Persist(Persist::Bitmap));
         let total_bytes = self.bitmap.dirty_bytes();
         self.reset_resync_controls();
-        self.resync = Some(Resync {
-            source: false,
-            cursor_bytes: 0,
-            reads: BTreeMap::new(),
-            acks_outstanding: 0,
-            done_bytes: 0,
-            total_bytes,
-            passes: 1,
-            peer_bitmap_complete: full,
-            started_ms: self.now_ms,
-        });
+        self.resync = Some(Resync::new(false, total_bytes, full, None, self.now_ms));
         self.update_sync_repl();
         if !full {
             self.send_bitmap();
@@ -271,19 +347,31 @@ impl Core {
             if !r.source || self.repl != ReplicationState::SyncSource || !r.peer_bitmap_complete {
                 return;
             }
-            if r.reads.len() + r.acks_outstanding >= self.cfg.resync_inflight_max {
+            let csums = r.csums_now().is_some();
+            let chunk = u64::from(self.cfg.resync_chunk_bytes);
+            let (unit, inflight_max) = if csums {
+                // As many bytes in flight as a plain resync, in smaller comparison units.
+                let unit = CSUM_BLOCK_BYTES
+                    .min(chunk)
+                    .max(u64::from(self.cfg.bytes_per_bit));
+                let per_chunk = (chunk / unit) as usize;
+                let max = self.cfg.resync_inflight_max;
+                (unit, (max * per_chunk).clamp(max, CSUM_INFLIGHT_MAX))
+            } else {
+                (chunk, self.cfg.resync_inflight_max)
+            };
+            if r.inflight() >= inflight_max {
                 return;
             }
             if !self.waiting_clients.is_empty() {
                 // Application writes wait on a conflict: let them have the disk first.
                 return;
             }
-            let chunk = u64::from(self.cfg.resync_chunk_bytes);
             let next = self
                 .bitmap
                 .iter_set_ranges(r.cursor_bytes)
                 .next()
-                .map(|(o, l)| (o, l.min(chunk)));
+                .map(|(o, l)| (o, l.min(unit)));
             let Some((offset, len)) = next else {
                 self.maybe_finish_sync_source();
                 return;
@@ -293,7 +381,11 @@ impl Core {
             }
             let r = self.resync.as_mut().expect("resync running");
             r.cursor_bytes = offset + len;
-            r.reads.insert(offset, len);
+            if csums {
+                r.digests.insert(offset, len);
+            } else {
+                r.reads.insert(offset, len);
+            }
             if self
                 .conflicts
                 .try_start(offset, offset + len, Owner::ResyncRead(offset))
@@ -304,6 +396,21 @@ impl Core {
     }
 
     pub(super) fn start_resync_read(&mut self, offset_bytes: u64) {
+        let digest = self.resync.as_ref().and_then(|r| {
+            let len = r.digests.get(&offset_bytes)?;
+            Some((*len, r.csums.expect("digests only with csums")))
+        });
+        if let Some((len_bytes, alg)) = digest {
+            self.emit(Action::Local {
+                io: LocalIo::ResyncDigest(offset_bytes),
+                op: LocalOp::Digest {
+                    offset_bytes,
+                    len_bytes,
+                    alg,
+                },
+            });
+            return;
+        }
         let len_bytes = self
             .resync
             .as_ref()
@@ -364,6 +471,7 @@ impl Core {
             return;
         }
         r.acks_outstanding += 1;
+        r.sent_bytes += len_bytes;
         let seq = self.send_data(PeerMsg::ResyncData {
             offset_bytes,
             len_bytes,
@@ -400,7 +508,7 @@ impl Core {
         let Some(r) = self.resync.as_mut() else {
             return;
         };
-        if !r.reads.is_empty() || r.acks_outstanding > 0 {
+        if r.inflight() > 0 {
             return;
         }
         if self.bitmap.count_set() > 0 {
@@ -417,9 +525,21 @@ impl Core {
             return;
         }
         let (done, ms) = (r.done_bytes, self.now_ms.saturating_sub(r.started_ms));
+        let csums = match r.csums {
+            Some(alg) => format!(
+                "; {alg} checksums: {} bytes in sync, {} bytes sent",
+                r.in_sync_bytes, r.sent_bytes
+            ),
+            None => String::new(),
+        };
+        self.last_resync = Some(ResyncStats {
+            running: false,
+            finished: true,
+            ..r.stats(self.now_ms)
+        });
         self.resync = None;
         self.event(Event::Message(format!(
-            "resync finished: {done} bytes resynced in {ms} ms (SyncSource)"
+            "resync finished: {done} bytes resynced in {ms} ms (SyncSource{csums})"
         )));
         // Resync end (DRBD): the bitmap UUID goes to history and is cleared; the target takes
         // our tuple from the State frame that precedes ResyncDone.
@@ -466,6 +586,9 @@ impl Core {
                     });
                     return;
                 }
+                if let Some(r) = self.resync.as_mut() {
+                    r.sent_bytes += len_bytes;
+                }
                 let w = PeerWrite {
                     epoch: self.epoch,
                     offset_bytes,
@@ -475,6 +598,34 @@ impl Core {
                     resync: true,
                 };
                 self.receive_write(seq, w);
+            }
+            PeerMsg::CsumRequest {
+                offset_bytes,
+                len_bytes,
+                digest,
+            } => {
+                let fits = len_bytes > 0
+                    && offset_bytes
+                        .checked_add(len_bytes)
+                        .is_some_and(|end| end <= self.cfg.data_size_bytes);
+                if !self.is_sync_target() || !fits {
+                    self.emit(Action::Disconnect {
+                        reason: "unexpected CsumRequest (not SyncTarget, or past the end)".into(),
+                    });
+                    return;
+                }
+                let key = self.frame_key(seq);
+                let r = self.resync.as_mut().expect("a SyncTarget has a resync");
+                r.csums.get_or_insert(digest.algorithm());
+                r.csum_requests
+                    .insert(key, (offset_bytes, len_bytes, digest));
+                if self.conflicts.try_start(
+                    offset_bytes,
+                    offset_bytes + len_bytes,
+                    Owner::CsumT(key),
+                ) {
+                    self.start_csum_digest(key);
+                }
             }
             PeerMsg::ResyncDone => {
                 let epoch = self.epoch;
@@ -495,7 +646,13 @@ impl Core {
                         "resync done with blocks still marked"
                     );
                 }
-                self.resync = None;
+                if let Some(r) = self.resync.take() {
+                    self.last_resync = Some(ResyncStats {
+                        running: false,
+                        finished: true,
+                        ..r.stats(self.now_ms)
+                    });
+                }
                 self.bitmap.clear_all();
                 if let Some(p) = self.peer {
                     let primary_bit = u64::from(self.role == Role::Primary);
@@ -515,6 +672,160 @@ impl Core {
 }
 
 impl Core {
+    /// Source: a resync block's digest is ready (§7.6.4): send it, then release the block.
+    pub(super) fn resync_digest_done(&mut self, offset_bytes: u64, digest: Option<Digest>) {
+        if let Some(i) = self
+            .orphan_resync_reads
+            .iter()
+            .position(|&o| o == offset_bytes)
+        {
+            // A digest of a resync that ended while it ran.
+            self.orphan_resync_reads.swap_remove(i);
+        } else {
+            let len = self
+                .resync
+                .as_mut()
+                .and_then(|r| r.digests.remove(&offset_bytes));
+            match (len, digest) {
+                (Some(len_bytes), Some(digest)) => {
+                    // Sent before the block is released: a write that waited for it sends its
+                    // frame after the request, so the target digests before applying it.
+                    self.send_data(PeerMsg::CsumRequest {
+                        offset_bytes,
+                        len_bytes,
+                        digest,
+                    });
+                    if let Some(r) = self.resync.as_mut() {
+                        r.csum_awaiting.insert(offset_bytes, len_bytes);
+                    }
+                }
+                (Some(_), None) => {
+                    self.event(Event::Message(format!(
+                        "resync read failed at offset {offset_bytes}"
+                    )));
+                    self.emit(Action::Disconnect {
+                        reason: "local read failed during resync".into(),
+                    });
+                }
+                (None, _) => {}
+            }
+        }
+        for next in self.conflicts.finish(Owner::ResyncRead(offset_bytes)) {
+            self.start_owner(next);
+        }
+        self.pump_resync();
+    }
+
+    /// Source: the target's answer to a CsumRequest (§7.6.4).
+    pub(super) fn on_csum_reply(&mut self, msg: PeerMsg) {
+        let (offset_bytes, len_bytes, in_sync) = match msg {
+            PeerMsg::InSync {
+                offset_bytes,
+                len_bytes,
+            } => (offset_bytes, len_bytes, true),
+            PeerMsg::ResyncRequest {
+                offset_bytes,
+                len_bytes,
+            } => (offset_bytes, len_bytes, false),
+            _ => unreachable!("not a checksum reply"),
+        };
+        let known = self
+            .resync
+            .as_mut()
+            .is_some_and(|r| r.source && r.csum_awaiting.get(&offset_bytes) == Some(&len_bytes));
+        if !known {
+            self.emit(Action::Disconnect {
+                reason: format!(
+                    "unexpected {} for [{offset_bytes}, +{len_bytes}) (replication {})",
+                    if in_sync { "InSync" } else { "ResyncRequest" },
+                    self.repl
+                ),
+            });
+            return;
+        }
+        let r = self.resync.as_mut().expect("checked");
+        r.csum_awaiting.remove(&offset_bytes);
+        if in_sync {
+            // Both copies were equal at the cut; later writes are replicated as usual. The
+            // target had these bytes already: nothing to track until a barrier.
+            let before = r.done_bytes * 100 / r.total_bytes.max(1);
+            r.done_bytes += len_bytes;
+            r.in_sync_bytes += len_bytes;
+            let (done, total) = (r.done_bytes, r.total_bytes);
+            self.bitmap.clear_range(offset_bytes, len_bytes);
+            if done * 100 / total.max(1) != before {
+                self.event(Event::ResyncProgress {
+                    done_bytes: done,
+                    total_bytes: total,
+                });
+            }
+            self.pump_resync();
+        } else {
+            // An ordinary resync read (already paid for in the rate budget).
+            r.reads.insert(offset_bytes, len_bytes);
+            if self.conflicts.try_start(
+                offset_bytes,
+                offset_bytes + len_bytes,
+                Owner::ResyncRead(offset_bytes),
+            ) {
+                self.start_resync_read(offset_bytes);
+            }
+        }
+    }
+
+    /// Target: a CsumRequest got its range: digest our copy.
+    pub(super) fn start_csum_digest(&mut self, key: u64) {
+        let req = self
+            .resync
+            .as_ref()
+            .and_then(|r| r.csum_requests.get(&key))
+            .copied();
+        let Some((offset_bytes, len_bytes, digest)) = req else {
+            // The resync ended meanwhile: nothing to answer.
+            for next in self.conflicts.finish(Owner::CsumT(key)) {
+                self.start_owner(next);
+            }
+            return;
+        };
+        self.emit(Action::Local {
+            io: LocalIo::PeerCsumDigest(key),
+            op: LocalOp::Digest {
+                offset_bytes,
+                len_bytes,
+                alg: digest.algorithm(),
+            },
+        });
+    }
+
+    /// Target: our digest is ready: the block is in sync, or we ask for it.
+    pub(super) fn peer_csum_digest_done(&mut self, key: u64, digest: Option<Digest>) {
+        let req = self
+            .resync
+            .as_mut()
+            .and_then(|r| r.csum_requests.remove(&key));
+        if let Some((offset_bytes, len_bytes, want)) = req {
+            if digest == Some(want) {
+                self.bitmap.clear_range(offset_bytes, len_bytes);
+                let r = self.resync.as_mut().expect("checked");
+                r.done_bytes += len_bytes;
+                r.in_sync_bytes += len_bytes;
+                self.send_meta(PeerMsg::InSync {
+                    offset_bytes,
+                    len_bytes,
+                });
+            } else {
+                // Different, or our read failed: the block is overwritten either way.
+                self.send_data(PeerMsg::ResyncRequest {
+                    offset_bytes,
+                    len_bytes,
+                });
+            }
+        }
+        for next in self.conflicts.finish(Owner::CsumT(key)) {
+            self.start_owner(next);
+        }
+    }
+
     /// Sends our whole bitmap in slices (both sides do, before a bitmap-based resync).
     fn send_bitmap(&mut self) {
         let total = self.bitmap.bit_count();

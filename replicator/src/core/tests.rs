@@ -35,6 +35,7 @@ fn config(name: &str, peer: &str, protocol: ReplicationProtocol) -> CoreConfig {
         resync_rate_max_bytes_per_s: u64::MAX / 4096,
         resync_rate_min_bytes_per_s: u64::MAX / 4096,
         verify_alg: urbd_protocol::DigestAlgorithm::Crc32c,
+        csums_alg: None,
     }
 }
 
@@ -1070,4 +1071,136 @@ fn peer_cache_is_trusted_only_after_a_barrier() {
         0,
         "flushed on the peer before the cut"
     );
+}
+
+// ---- Checksum-based resync (csums-alg) ----
+
+impl Pair {
+    fn set_csums(&mut self, alg: Option<urbd_protocol::DigestAlgorithm>) {
+        for n in &mut self.n {
+            n.core.cfg.csums_alg = alg;
+        }
+    }
+}
+
+// PROTOCOL.md §7.6.4: with csums-alg, a full resync (here: invalidate) compares digests first:
+// identical blocks are not sent, blocks that differ are (one comparison unit each, 64 KiB),
+// and the data is identical after. Only the blocks sent are tracked until a barrier (§5.4):
+// the target already had the others.
+#[test]
+fn csums_resync_sends_only_the_blocks_that_differ() {
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    p.set_csums(Some(urbd_protocol::DigestAlgorithm::Crc32c));
+    // Identical disks: nothing is sent.
+    let sent = p.resync_sent[0];
+    assert_eq!(p.admin(1, AdminCmd::Invalidate), Ok(()));
+    p.settle();
+    assert_eq!(p.repl(0), ReplicationState::Established);
+    assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+    assert_eq!(p.resync_sent[0] - sent, 0, "identical blocks are not sent");
+    let s = p.n[0].core.resync_stats().expect("a resync ran");
+    assert!(!s.running && s.source);
+    assert_eq!(
+        (s.in_sync_bytes, s.sent_bytes, s.done_bytes),
+        (SIZE, 0, SIZE)
+    );
+    assert_eq!(p.n[1].core.resync_stats().unwrap().in_sync_bytes, SIZE);
+    // Three comparison units differ (blocks 3 and 5 share the first): only they are sent.
+    p.step(0, Input::Tick);
+    p.settle();
+    corrupt(&mut p, 1, &[3, 5, 100, 255]);
+    let sent = p.resync_sent[0];
+    assert_eq!(p.admin(1, AdminCmd::Invalidate), Ok(()));
+    p.settle();
+    assert_eq!(
+        p.resync_sent[0] - sent,
+        3 * CHUNK,
+        "the differing units only"
+    );
+    assert!(p.n[0].disk == p.n[1].disk);
+    assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+    let s = p.n[0].core.resync_stats().unwrap();
+    assert_eq!(
+        (s.sent_bytes, s.in_sync_bytes),
+        (3 * CHUNK, SIZE - 3 * CHUNK)
+    );
+    let t = p.n[1].core.resync_stats().unwrap();
+    assert_eq!(
+        (t.sent_bytes, t.in_sync_bytes),
+        (3 * CHUNK, SIZE - 3 * CHUNK)
+    );
+    // The transfer log (§5.4): losing the peer before a barrier marks the blocks it was sent,
+    // not those it was found to hold already.
+    p.cut();
+    p.settle();
+    assert_eq!(p.n[0].core.out_of_sync_bytes(), 3 * CHUNK);
+    // csums-alg none: every block is sent, as before.
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    let sent = p.resync_sent[0];
+    assert_eq!(p.admin(1, AdminCmd::Invalidate), Ok(()));
+    p.settle();
+    assert_eq!(p.resync_sent[0] - sent, SIZE);
+    assert_eq!(p.n[0].core.resync_stats().unwrap().in_sync_bytes, 0);
+}
+
+// §7.6.4: a bitmap resync (here: verify --repair) never compares digests: its blocks are
+// known to differ.
+#[test]
+fn csums_are_for_full_resyncs_only() {
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    p.set_csums(Some(urbd_protocol::DigestAlgorithm::Crc32c));
+    corrupt(&mut p, 1, &[7]);
+    let sent = p.resync_sent[0];
+    let repair = AdminCmd::Verify {
+        start_bytes: None,
+        stop_bytes: None,
+        repair: true,
+    };
+    assert_eq!(p.admin(0, repair), Ok(()));
+    p.settle();
+    assert_eq!(p.resync_sent[0] - sent, u64::from(BPB));
+    assert_eq!(p.n[0].core.resync_stats().unwrap().csums, None);
+    assert!(p.n[0].disk == p.n[1].disk);
+}
+
+// §7.6.4 and §7.6: application writes racing the checksum comparisons (on the blocks being
+// compared, whatever the interleaving of local completions and frames) never leave old data
+// on the target: the data is identical after, and both bitmaps are clear.
+#[test]
+fn a_write_racing_a_csum_comparison_never_leaves_old_data() {
+    for protocol in [ReplicationProtocol::A, ReplicationProtocol::C] {
+        for seed in 0..12u64 {
+            let mut p = Pair::synced(protocol);
+            p.set_csums(Some(urbd_protocol::DigestAlgorithm::Crc32c));
+            p.step(0, Input::Tick);
+            p.settle();
+            // Differences in the first units, where the writes go too.
+            corrupt(&mut p, 1, &[0, 1, 17, 18, 40, 63]);
+            p.step(1, Input::Admin(AdminCmd::Invalidate));
+            let mut k = seed;
+            for round in 0..120u64 {
+                k = k
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let block = (k >> 33) % 64;
+                let len = 4096 * (1 + (k >> 20) % 3);
+                p.write(0, block * 4096, pattern(round as u8, len as usize));
+                p.hold_local[1] = (k >> 7) % 3 == 0;
+                p.hold_local[0] = (k >> 9) % 4 == 0;
+                p.run(((k >> 12) % 5) as usize);
+            }
+            p.hold_local = [false, false];
+            p.settle();
+            assert_eq!(p.repl(0), ReplicationState::Established, "seed {seed}");
+            assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+            assert!(
+                p.n[0].disk == p.n[1].disk,
+                "old data on the target ({protocol}, seed {seed})"
+            );
+            assert_eq!(p.n[0].core.out_of_sync_bytes(), 0);
+            assert_eq!(p.n[1].core.out_of_sync_bytes(), 0);
+            let s = p.n[0].core.resync_stats().unwrap();
+            assert!(s.in_sync_bytes > 0 && s.sent_bytes > 0, "{s:?}");
+        }
+    }
 }

@@ -25,6 +25,10 @@ pub enum LocalIo {
     VerifyDigest(u64),
     /// A digest on VerifyT for the peer's VerifyRequest, by the request frame's key.
     PeerVerifyDigest(u64),
+    /// A digest of a resync block on the SyncSource (checksum-based resync), by offset.
+    ResyncDigest(u64),
+    /// A digest on the SyncTarget for the peer's CsumRequest, by the request frame's key.
+    PeerCsumDigest(u64),
 }
 
 /// Where the bytes of a local write or an outgoing data frame come from. The driver holds the
@@ -61,7 +65,8 @@ pub enum LocalOp {
     },
     Flush,
     /// Read the range and compute its digest with `alg`; the driver answers with
-    /// `Input::DigestDone` (online verify, PROTOCOL.md §7.7). The core never sees the bytes.
+    /// `Input::DigestDone` (online verify, PROTOCOL.md §7.7; checksum-based resync, §7.6.4).
+    /// The core never sees the bytes.
     Digest {
         offset_bytes: u64,
         len_bytes: u64,
@@ -207,6 +212,23 @@ pub enum PeerMsg {
         len_bytes: u64,
         in_sync: bool,
     },
+    /// Checksum-based resync (§4.20, §7.6.4): the SyncSource's digest of a marked block; the
+    /// SyncTarget answers `InSync` or `ResyncRequest`. Request id = seq.
+    CsumRequest {
+        offset_bytes: u64,
+        len_bytes: u64,
+        digest: Digest,
+    },
+    /// SyncTarget → SyncSource: the digests matched, the block is in sync (§4.21).
+    InSync {
+        offset_bytes: u64,
+        len_bytes: u64,
+    },
+    /// SyncTarget → SyncSource: the digests differ, send the block as `ResyncData` (§4.18).
+    ResyncRequest {
+        offset_bytes: u64,
+        len_bytes: u64,
+    },
 }
 
 impl PeerMsg {
@@ -341,6 +363,28 @@ pub struct VerifyProgress {
     pub total_bytes: u64,
     /// Bytes found different (and marked out of sync) so far.
     pub found_bytes: u64,
+}
+
+/// Counters of a resync, running or finished (for status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResyncStats {
+    /// This node is (was) the SyncSource.
+    pub source: bool,
+    pub running: bool,
+    /// It ended with ResyncDone (false while running, or when the connection was lost).
+    pub finished: bool,
+    /// Bytes marked when the resync started (after the bitmap exchange).
+    pub total_bytes: u64,
+    /// Bytes now in sync (sent and written, or found in sync by checksum).
+    pub done_bytes: u64,
+    /// `ResyncData` payload bytes sent (SyncSource) or received (SyncTarget).
+    pub sent_bytes: u64,
+    /// Bytes whose digests matched (checksum-based resync, §7.6.4): nothing sent for them.
+    pub in_sync_bytes: u64,
+    /// Checksum algorithm of this resync, if it compares digests first.
+    pub csums: Option<DigestAlgorithm>,
+    /// Time since the start (running) or its duration (finished).
+    pub elapsed_ms: u64,
 }
 
 /// Why a client request failed.

@@ -264,6 +264,8 @@ impl Core {
                     (None, _) => {}
                 }
             }
+            LocalIo::ResyncDigest(offset_bytes) => self.resync_digest_done(offset_bytes, digest),
+            LocalIo::PeerCsumDigest(key) => self.peer_csum_digest_done(key, digest),
             other => panic!("DigestDone for {other:?}, which is not a digest"),
         }
     }

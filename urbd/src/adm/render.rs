@@ -203,6 +203,8 @@ mod tests {
                 done_percent: 45.2,
                 rate_bytes_per_s: 100 << 20,
                 eta_s: Some(3),
+                sent_bytes: 0,
+                in_sync_bytes: 0,
             }),
             out_of_sync_bytes: 1 << 20,
             ..connected("SyncSource", "Inconsistent")

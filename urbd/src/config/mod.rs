@@ -339,7 +339,8 @@ impl Default for DiskConfig {
     }
 }
 
-/// Checksum-based resync: digest of the target's block, data only when it differs.
+/// Checksum-based resync (PROTOCOL.md §7.6.4): for full resyncs the SyncSource sends a
+/// digest of each block first, and the data only where the SyncTarget's block differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CsumsAlg {

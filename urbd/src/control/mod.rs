@@ -39,8 +39,8 @@ use serde::{Deserialize, Serialize};
 pub use client::{Client, ControlError, Events, CALL_TIMEOUT};
 pub use event::{Event, EventObject, EventWhat};
 pub use status::{
-    format_uuid, parse_uuid, Generation, NbdStatus, PeerStatus, ResyncProgress, Status,
-    VerifyStatus,
+    format_uuid, parse_uuid, Generation, NbdStatus, PeerStatus, ResyncProgress, ResyncSummary,
+    Status, VerifyStatus,
 };
 
 /// Longest request, response or event line accepted, newline excluded.

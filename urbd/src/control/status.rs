@@ -102,6 +102,31 @@ pub struct PeerStatus {
     /// The running online verify, else the last one since the daemon started, else absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyStatus>,
+    /// The last finished (or interrupted) resync since the daemon started, else absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resync: Option<ResyncSummary>,
+}
+
+/// A resync that ended (`peers[].last-resync`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ResyncSummary {
+    /// "SyncSource" or "SyncTarget".
+    pub side: String,
+    /// It finished (false: the connection was lost first).
+    pub finished: bool,
+    /// Checksum algorithm (`csums-alg`) if it compared digests first, else `null`.
+    pub csums_alg: Option<String>,
+    /// Bytes marked when it started.
+    pub total_bytes: u64,
+    /// Bytes brought in sync.
+    pub done_bytes: u64,
+    /// `ResyncData` payload bytes sent (SyncSource) or received (SyncTarget).
+    pub sent_bytes: u64,
+    /// Bytes found identical by checksum (nothing sent for them).
+    pub in_sync_bytes: u64,
+    /// How long it ran.
+    pub duration_ms: u64,
 }
 
 /// An online verify (`urbdadm verify`), running or finished.
@@ -134,6 +159,12 @@ pub struct ResyncProgress {
     pub rate_bytes_per_s: u64,
     /// Estimated seconds to go; `null` when unknown (rate 0).
     pub eta_s: Option<u64>,
+    /// `ResyncData` payload bytes sent (SyncSource) or received (SyncTarget) so far.
+    #[serde(default)]
+    pub sent_bytes: u64,
+    /// Bytes found identical by checksum so far (`csums-alg`; nothing sent for them).
+    #[serde(default)]
+    pub in_sync_bytes: u64,
 }
 
 impl PeerStatus {
@@ -150,6 +181,7 @@ impl PeerStatus {
             resync: None,
             split_brain: false,
             verify: None,
+            last_resync: None,
         }
     }
 

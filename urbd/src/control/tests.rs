@@ -110,9 +110,12 @@ fn sample_status() -> Status {
                 done_percent: 45.2,
                 rate_bytes_per_s: 104857600,
                 eta_s: Some(3),
+                sent_bytes: 0,
+                in_sync_bytes: 0,
             }),
             split_brain: false,
             verify: None,
+            last_resync: None,
         }],
     }
 }
@@ -126,7 +129,8 @@ const SAMPLE_STATUS_JSON: &str = concat!(
     r#""peers":[{"node":"beta","connection-state":"Connected","peer-role":"Secondary","#,
     r#""peer-disk-state":"Inconsistent","replication-state":"SyncSource","#,
     r#""out-of-sync-bytes":1048576,"percent-in-sync":99.9,"#,
-    r#""resync":{"done-percent":45.2,"rate-bytes-per-s":104857600,"eta-s":3},"#,
+    r#""resync":{"done-percent":45.2,"rate-bytes-per-s":104857600,"eta-s":3,"#,
+    r#""sent-bytes":0,"in-sync-bytes":0},"#,
     r#""split-brain":false}]}"#
 );
 

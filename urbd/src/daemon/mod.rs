@@ -107,6 +107,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             crate::config::VerifyAlg::Crc32c => urbd_protocol::DigestAlgorithm::Crc32c,
             crate::config::VerifyAlg::Sha256 => urbd_protocol::DigestAlgorithm::Sha256,
         },
+        csums_alg: match cfg.resync.csums_alg {
+            crate::config::CsumsAlg::None => None,
+            crate::config::CsumsAlg::Crc32c => Some(urbd_protocol::DigestAlgorithm::Crc32c),
+            crate::config::CsumsAlg::Sha256 => Some(urbd_protocol::DigestAlgorithm::Sha256),
+        },
     };
     warn_unimplemented(&cfg);
     let core = Core::new(core_cfg, attached.restored);
@@ -298,8 +303,5 @@ fn warn_unimplemented(cfg: &crate::config::ResourceConfig) {
         if value.is_some() {
             tracing::warn!("{path}: [handlers] {key} is not run by this version of urbd (events and the log report the same state changes)");
         }
-    }
-    if cfg.resync.csums_alg != crate::config::CsumsAlg::None {
-        tracing::warn!("{path}: [resync] csums-alg is not used by this version: resync sends every marked block (checksum-based resync is not implemented)");
     }
 }

@@ -6,7 +6,9 @@ use urbd_protocol::ConnectionState;
 use urbd_replicator::core::{Core, Event};
 
 use crate::control::{Event as Ev, EventObject, EventWhat};
-use crate::control::{Generation, NbdStatus, PeerStatus, ResyncProgress, Status, VerifyStatus};
+use crate::control::{
+    Generation, NbdStatus, PeerStatus, ResyncProgress, ResyncSummary, Status, VerifyStatus,
+};
 
 /// The fixed facts of the resource, and resync rate samples.
 pub struct StatusInfo {
@@ -66,10 +68,14 @@ impl StatusInfo {
         let size_bytes = core.config().data_size_bytes;
         let oos = core.out_of_sync_bytes();
         let conn = core.connection_state();
+        let stats = core.resync_stats();
         let resync = core.resync_progress().map(|(done, total)| {
             let rate = self.rate_bytes_per_s();
             let left = total.saturating_sub(done);
+            let counters = stats.filter(|s| s.running);
             ResyncProgress {
+                sent_bytes: counters.map_or(0, |s| s.sent_bytes),
+                in_sync_bytes: counters.map_or(0, |s| s.in_sync_bytes),
                 done_percent: if total == 0 {
                     100.0
                 } else {
@@ -120,6 +126,16 @@ impl StatusInfo {
                         0
                     },
                     out_of_sync_found_bytes: v.found_bytes,
+                }),
+                last_resync: stats.filter(|s| !s.running).map(|s| ResyncSummary {
+                    side: if s.source { "SyncSource" } else { "SyncTarget" }.into(),
+                    finished: s.finished,
+                    csums_alg: s.csums.map(|a| a.to_string()),
+                    total_bytes: s.total_bytes,
+                    done_bytes: s.done_bytes,
+                    sent_bytes: s.sent_bytes,
+                    in_sync_bytes: s.in_sync_bytes,
+                    duration_ms: s.elapsed_ms,
                 }),
             }],
         }

@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 use urbd_protocol::{
-    BlockRange, Data, GenerationUuids, Message, NegAck, RangeWrite, ResyncData, ResyncStart, State,
-    StateChange, StateChangeOutcome, StateChangeRefusal, StateChangeReply, StateFlags, VerifyReply,
-    VerifyRequest, VerifyStart, WriteErrorCode, WriteFlags,
+    BlockRange, CsumRequest, Data, GenerationUuids, Message, NegAck, RangeWrite, ResyncData,
+    ResyncStart, State, StateChange, StateChangeOutcome, StateChangeRefusal, StateChangeReply,
+    StateFlags, VerifyReply, VerifyRequest, VerifyStart, WriteErrorCode, WriteFlags,
 };
 use urbd_replicator::core::{DataSource, PeerMsg, PeerView};
 
@@ -109,6 +109,22 @@ pub fn to_wire(msg: PeerMsg, payload: impl FnOnce(DataSource) -> Bytes) -> Vec<M
             range: block_range(offset_bytes, len_bytes),
             in_sync,
         })),
+        PeerMsg::CsumRequest {
+            offset_bytes,
+            len_bytes,
+            digest,
+        } => one(Message::CsumRequest(CsumRequest {
+            range: block_range(offset_bytes, len_bytes),
+            digest,
+        })),
+        PeerMsg::InSync {
+            offset_bytes,
+            len_bytes,
+        } => one(Message::InSync(block_range(offset_bytes, len_bytes))),
+        PeerMsg::ResyncRequest {
+            offset_bytes,
+            len_bytes,
+        } => one(Message::ResyncRequest(block_range(offset_bytes, len_bytes))),
         // A SyncUuid immediately followed by a request to make the peer's disk UpToDate.
         PeerMsg::NewCurrentUuid { uuid } => vec![
             Message::SyncUuid { uuid },
@@ -120,11 +136,11 @@ pub fn to_wire(msg: PeerMsg, payload: impl FnOnce(DataSource) -> Bytes) -> Vec<M
     }
 }
 
-/// Verify blocks are one bitmap block: far below 4 GiB.
+/// Verify blocks and checksum-resync units are at most one resync chunk: far below 4 GiB.
 fn block_range(offset_bytes: u64, len_bytes: u64) -> BlockRange {
     BlockRange {
         offset_bytes,
-        length_bytes: u32::try_from(len_bytes).expect("verify blocks are small"),
+        length_bytes: u32::try_from(len_bytes).expect("verify and csum blocks are small"),
     }
 }
 
@@ -250,6 +266,19 @@ pub fn from_wire(msg: Message, pending_sync_uuid: &mut Option<u64>) -> Vec<Incom
             offset_bytes: v.range.offset_bytes,
             len_bytes: u64::from(v.range.length_bytes),
             in_sync: v.in_sync,
+        },
+        Message::CsumRequest(c) => PeerMsg::CsumRequest {
+            offset_bytes: c.range.offset_bytes,
+            len_bytes: u64::from(c.range.length_bytes),
+            digest: c.digest,
+        },
+        Message::InSync(r) => PeerMsg::InSync {
+            offset_bytes: r.offset_bytes,
+            len_bytes: u64::from(r.length_bytes),
+        },
+        Message::ResyncRequest(r) => PeerMsg::ResyncRequest {
+            offset_bytes: r.offset_bytes,
+            len_bytes: u64::from(r.length_bytes),
         },
         _ => {
             out.push(Incoming::Ignore("message type not used by this version"));
