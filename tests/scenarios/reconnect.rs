@@ -370,3 +370,81 @@ fn pause_resume_and_invalidate() {
     pair.down_both();
     pair.assert_data_identical();
 }
+
+// ---------------------------------------------------------------------------
+// (f) csums-alg: invalidate on a pair whose data is identical except a few blocks moves only
+// the 64 KiB comparison units holding those blocks (PROTOCOL.md §7.6.4)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn csums_invalidate_sends_only_the_differing_blocks() {
+    const UNIT: u64 = 64 << 10;
+    let mut pair = Pair::new("C", IMAGE_MIB);
+    pair.set_extra_config(&format!(
+        "{}csums-alg = \"crc32c\"\n",
+        resync_config(200, 20)
+    ));
+    pair.initial_sync();
+    let size = pair.data_size();
+    // Data that is not all zeroes: the comparison must see it.
+    nbd_write(&pair, Alpha, &scattered(11, 300, size));
+    pair.wait_sync(Alpha, 30);
+    // A few blocks differ on beta, behind urbd's back (each in its own 64 KiB unit).
+    pair.down(Beta);
+    let bad: Vec<u64> = vec![7, 1000, 2049, (size / BLOCK) - 1];
+    for &b in &bad {
+        write_at(
+            pair.disk(Beta),
+            b * BLOCK + 100,
+            b"differs before invalidate",
+        );
+    }
+    pair.up(Beta);
+    pair.wait_connect(Alpha, 30);
+    pair.wait_sync(Alpha, 30);
+    let before = resyncs(&pair, Alpha).len();
+    pair.adm_ok(Beta, &["invalidate", RES]);
+    pair.wait_sync(Beta, 60);
+    pair.wait_sync(Alpha, 30);
+    let done = wait_resyncs(&pair, Alpha, before + 1)[before];
+    assert_eq!(done, size, "every block is in sync after a full resync");
+    // The last unit is shorter when the size is not a multiple of 64 KiB.
+    let want_sent: u64 = bad
+        .iter()
+        .map(|b| {
+            let start = b * BLOCK / UNIT * UNIT;
+            UNIT.min(size - start)
+        })
+        .sum();
+    let s = pair.wait_status(Alpha, "last-resync", Duration::from_secs(10), |s| {
+        peer_of(s).has("last-resync")
+    });
+    let last = peer_of(&s).get("last-resync").clone();
+    assert_eq!(last.str_at("side"), "SyncSource", "{last}");
+    assert_eq!(last.str_at("csums-alg"), "crc32c", "{last}");
+    assert_eq!(
+        last.u64_at("sent-bytes"),
+        want_sent,
+        "only the differing units: {last}"
+    );
+    assert_eq!(last.u64_at("in-sync-bytes"), size - want_sent, "{last}");
+    let t = peer_of(&pair.status(Beta)).get("last-resync").clone();
+    assert_eq!(t.str_at("side"), "SyncTarget", "{t}");
+    assert_eq!(t.u64_at("sent-bytes"), want_sent, "beta received: {t}");
+    let log = pair.log(Alpha);
+    assert!(
+        log.contains(&format!(
+            "crc32c checksums: {} bytes in sync, {want_sent} bytes sent",
+            size - want_sent
+        )),
+        "{}",
+        pair.logs_tail(20)
+    );
+    eprintln!(
+        "(f) {} blocks differed: csums resync sent {want_sent} of {size} bytes in {} ms",
+        bad.len(),
+        last.u64_at("duration-ms")
+    );
+    pair.down_both();
+    pair.assert_data_identical();
+}
