@@ -540,39 +540,20 @@ impl Engine {
                     }
                 };
                 assert_eq!(buf.len() as u64, len_bytes);
-                tokio::spawn(async move {
-                    let r = disk.write(offset_bytes, buf, fua).await;
-                    if let Err(e) = &r {
-                        tracing::error!("{e}");
-                    }
-                    let _ = tx
-                        .send(EngineInput::LocalDone {
-                            io,
-                            ok: r.is_ok(),
-                            buf: None,
-                        })
-                        .await;
-                });
+                complete_in_background(
+                    tx,
+                    io,
+                    async move { disk.write(offset_bytes, buf, fua).await },
+                );
             }
             LocalOp::Zero {
                 offset_bytes,
                 len_bytes,
                 fua,
             } => {
-                tokio::spawn(async move {
-                    let r = disk
-                        .write_zeroes(offset_bytes, len_bytes, true, false, fua)
-                        .await;
-                    if let Err(e) = &r {
-                        tracing::error!("{e}");
-                    }
-                    let _ = tx
-                        .send(EngineInput::LocalDone {
-                            io,
-                            ok: r.is_ok(),
-                            buf: None,
-                        })
-                        .await;
+                complete_in_background(tx, io, async move {
+                    disk.write_zeroes(offset_bytes, len_bytes, true, false, fua)
+                        .await
                 });
             }
             LocalOp::Read {
@@ -610,19 +591,7 @@ impl Engine {
                 });
             }
             LocalOp::Flush => {
-                tokio::spawn(async move {
-                    let r = disk.flush().await;
-                    if let Err(e) = &r {
-                        tracing::error!("{e}");
-                    }
-                    let _ = tx
-                        .send(EngineInput::LocalDone {
-                            io,
-                            ok: r.is_ok(),
-                            buf: None,
-                        })
-                        .await;
-                });
+                complete_in_background(tx, io, async move { disk.flush().await });
             }
         }
     }
@@ -813,4 +782,24 @@ fn digest_of(alg: urbd_protocol::DigestAlgorithm, data: &[u8]) -> urbd_protocol:
 /// vouch for (a crash in between would leave a block differing and unmarked).
 fn flush_data(disk: &LocalDisk) -> Result<(), urbd_replicator::Error> {
     tokio::runtime::Handle::current().block_on(disk.flush())
+}
+
+/// Runs a local disk operation and reports its completion to the engine (errors logged).
+fn complete_in_background(
+    tx: mpsc::Sender<EngineInput>,
+    io: LocalIo,
+    op: impl std::future::Future<Output = Result<(), urbd_replicator::Error>> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let r = op.await;
+        if let Err(e) = &r {
+            tracing::error!("{e}");
+        }
+        let done = EngineInput::LocalDone {
+            io,
+            ok: r.is_ok(),
+            buf: None,
+        };
+        let _ = tx.send(done).await;
+    });
 }
