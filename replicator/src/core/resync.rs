@@ -545,6 +545,9 @@ impl Core {
         // our tuple from the State frame that precedes ResyncDone.
         self.uuids.history = [self.uuids.bitmap, self.uuids.history[0]];
         self.uuids.bitmap = 0;
+        // Our crashed-primary extents went over with this resync: the flag is spent (else a
+        // later crash of both would make rule 40b prefer our older data; urbd-sim --csums 69).
+        self.crashed_primary = false;
         self.persist_superblock();
         self.emit(Action::Persist(Persist::Bitmap));
         self.send_state();
