@@ -139,6 +139,17 @@ impl Oracle {
         self.acked_not_durable.clear();
     }
 
+    /// Protocol A acknowledges a write once it is on the local disk and handed to the
+    /// network: a failover may lose writes the old Primary had (even flushed there) that never
+    /// reached the new one — DRBD's documented protocol A trade-off. Floors restart at zero.
+    pub fn forget_unreplicated(&mut self) {
+        for h in &mut self.hist {
+            h.vol = 0;
+            h.dur = 0;
+        }
+        self.acked_not_durable.clear();
+    }
+
     /// Checks one sector read from the serving node. `floors`: enforce the durable floor
     /// (invariant 1) and the volatile floor (invariant 2); garbage is always a violation.
     pub fn check(&self, sector: usize, v: Value, floors: bool) -> Result<(), String> {

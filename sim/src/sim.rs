@@ -686,6 +686,11 @@ impl Sim {
                 if self.last_primary != Some(i) {
                     // A different node serves now: unflushed acked writes may be gone.
                     self.oracle.forget_volatile();
+                    if self.protocol == ReplicationProtocol::A && self.last_primary.is_some() {
+                        // …and with protocol A, acked writes that never reached this node.
+                        trace!(self, "protocol A failover: the durability floors restart");
+                        self.oracle.forget_unreplicated();
+                    }
                     self.last_primary = Some(i);
                 }
             }
@@ -1259,7 +1264,7 @@ impl Sim {
         // Between a link loss and the moment a side notices it (ping timeout), writes the
         // Primary still tracks for the peer are not marked yet: they will be at the loss.
         let connected = |c: &Core| c.connection_state() == ConnectionState::Connected;
-        if connected(ca) != connected(cb) {
+        if connected(ca) != connected(cb) || (connected(ca) && !self.link.up) {
             return;
         }
         for blk in 0..(SIZE / u64::from(BPB)) {

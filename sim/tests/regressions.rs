@@ -21,8 +21,8 @@ fn seed_0_sync_uuid_history() {
 /// A resync read in flight across a reconnect panicked ("resync read is tracked"); a peer
 /// flush in flight across a reconnect panicked ("tracked peer flush").
 #[test]
-fn seeds_1_to_176_pass() {
-    for seed in 1..177 {
+fn seeds_1_to_361_pass() {
+    for seed in 1..362 {
         passes(seed);
     }
 }
