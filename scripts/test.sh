@@ -23,9 +23,15 @@ echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
+report=target/fault-report.txt
+rm -f "$report"
 cargo test --workspace --release -- --test-threads="${URBD_TEST_THREADS:-1}" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run (cargo's last line is a doc-test summary).
 passed=$(grep -o '[0-9]\+ passed' "$log" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -o '[0-9]\+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+if [ -s "$report" ]; then
+    echo "== fault scenarios (invariant checked — figures)"
+    cat "$report"
+fi
 echo "summary: $passed passed, $failed failed"
 exit "$status"

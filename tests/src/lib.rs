@@ -32,6 +32,8 @@ pub mod clients;
 pub mod json;
 pub mod nbdraw;
 pub mod pair;
+pub mod proxy;
+pub mod report;
 pub mod server;
 pub mod tools;
 pub mod util;

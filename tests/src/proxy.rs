@@ -1,0 +1,1 @@
+//! The fault proxy between two urbd nodes (being written).
