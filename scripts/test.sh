@@ -13,8 +13,8 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 echo "== build"
 cargo build --workspace --release --bins
 echo "== simulator (seeded faults against the real replication core)"
-cargo run --release -p urbd-sim -- --seeds "${URBD_SIM_SEEDS:-362}"
-cargo run --release -p urbd-sim -- --seeds "${URBD_SIM_SEEDS:-362}" --csums
+cargo run --release -p urbd-sim -- --seeds "${URBD_SIM_SEEDS:-1000}"
+cargo run --release -p urbd-sim -- --seeds "${URBD_SIM_SEEDS:-1000}" --csums
 echo "== quick benchmark (fails only on I/O or verify errors)"
 bench/run --quick --json target/bench/quick.json
 echo "== quick resync benchmark (fails only on errors)"

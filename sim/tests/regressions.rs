@@ -18,6 +18,14 @@ fn seed_0_sync_uuid_history() {
     passes(0);
 }
 
+/// A SyncTarget crashed while persisting the SyncUuid, and the source then restarted resyncs
+/// until the target's generation left its two history slots: "unrelated data" forever (rule
+/// 1000). Now rule 1003: an Inconsistent target of unrelated generations gets a full sync.
+#[test]
+fn seed_362_unrelated_inconsistent_target() {
+    passes(362);
+}
+
 /// A resync read in flight across a reconnect panicked ("resync read is tracked"); a peer
 /// flush in flight across a reconnect panicked ("tracked peer flush").
 #[test]

@@ -133,3 +133,27 @@ fn superblock_in_place_is_caught() {
 fn skipping_the_crc_is_caught() {
     caught(Mutation::None, false, true, &["corrupted frames (8)"]);
 }
+
+// Invariant 1: a client FLUSH acknowledged once the local flush is done, without the peer's
+// FlushAck: a later failover reads data older than an acknowledged flush.
+#[test]
+fn flush_acked_before_the_peer_is_caught() {
+    caught(
+        Mutation::FlushAckBeforePeer,
+        false,
+        false,
+        &["durability (1)"],
+    );
+}
+
+// Invariant 6: a SyncTarget promoted (its refusal removed: state and Inconsistent disk); the
+// careful operator's probes during a resync between two Secondaries find it.
+#[test]
+fn promoting_a_sync_target_is_caught() {
+    caught(
+        Mutation::PromoteSyncTarget,
+        false,
+        false,
+        &["SyncTarget is never Primary", "roles (6)"],
+    );
+}

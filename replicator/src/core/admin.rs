@@ -66,7 +66,12 @@ impl Core {
                 self.disk
             )));
         }
-        if self.disk != DiskState::UpToDate && !force {
+        let sync_target_bug = mutated!(PromoteSyncTarget)
+            && matches!(
+                self.repl,
+                ReplicationState::SyncTarget | ReplicationState::PausedSyncT
+            );
+        if self.disk != DiskState::UpToDate && !force && !sync_target_bug {
             return Some(Err(format!(
                 "local disk is {}; only an UpToDate disk can be promoted (`primary --force` makes \
                  this node's data the truth and overwrites the peer's)",

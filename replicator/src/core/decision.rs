@@ -29,6 +29,7 @@
 //! | 90 | bitmap UUIDs equal and non-zero | +100 (policies may resolve) |
 //! | 100 | any non-zero history UUIDs equal | −100 |
 //! | 1000 | nothing matches | −1000: unrelated data |
+//! | 1003 | nothing matches, exactly one disk Inconsistent (decided in [`decide`]) | full sync from the consistent side |
 //!
 //! Mirror rule numbers ([`mirror_rule`]): 20↔30, 34↔35, 36↔37, 50↔70, 51↔71, 60↔80; every other
 //! rule is its own mirror.
@@ -60,7 +61,9 @@
 //!
 //! 1. Either disk not attached (below Inconsistent, or `DUnknown`) → [`Verdict::NotAttached`]
 //!    (rule 1002). The caller passes the disk state the node will have (not `Negotiating`).
-//! 2. −1000 → [`Verdict::Unrelated`].
+//! 2. −1000 → [`Verdict::Unrelated`], unless exactly one disk is Inconsistent (rule 1003): an
+//!    Inconsistent disk was never Primary and holds no usable data, so a full sync from the
+//!    consistent side loses nothing (DRBD refuses and needs `create-md` on the target).
 //! 3. **Disk states.** If exactly one side is Inconsistent and the other better, the
 //!    consistent side is source. Full sync if the compare said |2|, ±100, rule 10 (no common
 //!    generation), or the opposite direction; otherwise bitmap sync (DRBD: full only for −100
@@ -166,6 +169,9 @@ pub mod rules {
     pub const CONTRADICTORY: u16 = 1001;
     /// urbd: a side has no attached disk: no handshake.
     pub const NOT_ATTACHED: u16 = 1002;
+    /// urbd: nothing matches, but exactly one disk is Inconsistent (it holds no usable data, it
+    /// was never Primary with it): full sync from the consistent side.
+    pub const UNRELATED_TO_INCONSISTENT: u16 = 1003;
 }
 
 /// `hg` of a split brain that the after-sb policies may resolve (rule 90).
@@ -762,16 +768,22 @@ pub fn decide(me: &SideInfo, peer: &SideInfo, policy: &SplitBrainPolicy) -> Deci
         by_disk_states: false,
         corrected_own_uuids: c.corrected_own_uuids,
     };
-    if c.hg == HG_UNRELATED {
-        d.verdict = Verdict::Unrelated;
-        return d;
-    }
-
     // Exactly one side Inconsistent: the disk states decide the direction.
     let inconsistent = DiskState::Inconsistent;
-    if (me.disk == inconsistent && peer.disk > inconsistent)
-        || (peer.disk == inconsistent && me.disk > inconsistent)
-    {
+    let one_inconsistent = (me.disk == inconsistent && peer.disk > inconsistent)
+        || (peer.disk == inconsistent && me.disk > inconsistent);
+    if c.hg == HG_UNRELATED {
+        if !one_inconsistent {
+            d.verdict = Verdict::Unrelated;
+            return d;
+        }
+        // The Inconsistent side crashed mid-resync before it stored the source's sync UUID and
+        // the source then started enough resyncs to push that generation out of its history
+        // (simulator seed 362). Its data is unusable either way: a full sync loses nothing.
+        d.rule = rules::UNRELATED_TO_INCONSISTENT;
+        d.reason = "no generation UUID in common".to_string();
+    }
+    if one_inconsistent {
         let dir = if me.disk > inconsistent { 1 } else { -1 };
         let full = c.hg.abs() >= 2
             || c.rule == rules::BOTH_JUST_CREATED
@@ -1128,6 +1140,22 @@ mod tests {
             row("100/0", side("a").u(D, 0, 0, 0), side("b").u(E, 0, 0, 0), Verdict::Unrelated, 1000),
             // PROTOCOL.md §7.2 last row: nothing matches
             row("1000", side("a").u(D, C, B, A), side("b").u(E, F, 0x1230, 0x4560), Verdict::Unrelated, 1000),
+            // PROTOCOL.md §7.2 rule 1003 (simulator seed 362): nothing matches, the target is
+            // Inconsistent → full sync from the consistent side; both Inconsistent → refused.
+            row(
+                "1003",
+                side("a").u(D, C, B, A),
+                side("b").u(E, 0, 0x1230, 0x4560).disk(DiskState::Inconsistent),
+                Verdict::FullSync(Src),
+                1003,
+            ),
+            row(
+                "1003/both",
+                side("a").u(D, C, B, A).disk(DiskState::Inconsistent),
+                side("b").u(E, 0, 0x1230, 0x4560).disk(DiskState::Inconsistent),
+                Verdict::Unrelated,
+                1000,
+            ),
         ]);
     }
 

@@ -17,7 +17,8 @@ pub enum Mutation {
     FlushAckBeforePeer,
     /// UUID rule 50 ("the peer's bitmap is my current": I am target) decides as rule 70.
     SwapUuidRule50,
-    /// `primary` does not refuse a SyncTarget.
+    /// `primary` does not refuse a SyncTarget (neither for its state nor for its Inconsistent
+    /// disk).
     PromoteSyncTarget,
     /// A split brain is resolved silently: the node with the lower name is bitmap SyncSource.
     MergeSplitBrain,
