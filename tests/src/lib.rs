@@ -28,6 +28,7 @@
 //! Missing tools make a test print `SKIPPED: ...` and pass; the filesystem
 //! scenario needs root, /dev/fuse and loop devices.
 
+pub mod checker;
 pub mod clients;
 pub mod json;
 pub mod nbdraw;
