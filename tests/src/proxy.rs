@@ -53,7 +53,7 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks queued at most per direction of a connection (so at most 4 MiB in the proxy).
 pub const QUEUE_CHUNKS: usize = 64;
 /// Timeout of every blocking call in the proxy's threads: how soon they see a fault or a stop.
-pub const POLL: Duration = Duration::from_millis(20);
+pub const POLL: Duration = Duration::from_millis(50);
 /// Bound on connecting to the target.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -515,6 +515,10 @@ fn reader(sh: &Shared, st: &ConnState, dir: Dir, mut src: TcpStream, tx: SyncSen
         }
         let n = match src.read(&mut buf) {
             Ok(0) => {
+                // A FIN does not cross a blackhole either: it arrives once the hole heals.
+                while lock(&sh.faults).blackhole[d] && !gone(sh, st) {
+                    thread::sleep(POLL / 2);
+                }
                 let _ = tx.send(Msg::End);
                 return;
             }
