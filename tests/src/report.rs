@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// Default seed of the fault scenarios (the test command's runs are reproducible).
-pub const SEED_DEFAULT: u64 = 0x75_72_62_64;
+pub const SEED_DEFAULT: u64 = 0x7572_6264;
 
 /// The seed for this run's random choices (printed so that a failure can be replayed).
 pub fn seed() -> u64 {
