@@ -86,7 +86,7 @@ fn main() -> ExitCode {
             println!(
                 "seed {seed}: protocol {}, {} events, {} ms simulated, {} crashes, {} writes and \
                  {} flushes acked, {} corrupted frames rejected, {} split brains, {} reckless \
-                 promotions",
+                 promotions, {} disks detached and re-attached",
                 r.protocol,
                 r.events,
                 r.end_ms,
@@ -95,7 +95,8 @@ fn main() -> ExitCode {
                 r.flushes_acked,
                 r.frames_rejected,
                 r.split_brains,
-                r.reckless_promotions
+                r.reckless_promotions,
+                r.reattaches
             );
         }
         if !r.violations.is_empty() {

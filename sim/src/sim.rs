@@ -83,6 +83,8 @@ pub struct Report {
     pub trace: Vec<String>,
     pub events: u64,
     pub reckless_promotions: u32,
+    /// Disks detached after an I/O error and re-attached by the operator.
+    pub reattaches: u32,
     pub crashes: u32,
     pub writes_acked: u64,
     pub flushes_acked: u64,
@@ -161,6 +163,9 @@ struct Node {
     /// Acked a write while not connected since the two last agreed (split-brain evidence).
     solo: bool,
     discard_requested: bool,
+    /// on-io-error = detach happened: local I/O fails at once, metadata is not written, until
+    /// the operator re-attaches (a restart).
+    detached: bool,
 }
 
 struct WireFrame {
@@ -312,6 +317,7 @@ impl Sim {
             fresh: false,
             solo: false,
             discard_requested: false,
+            detached: false,
         };
         let n = [mk(&mut rng), mk(&mut rng)];
         let eio_rate = 0.002 * opts.faults;
@@ -527,6 +533,8 @@ impl Sim {
             verify_alg: DigestAlgorithm::Crc32c,
             csums_alg: (self.opts.csums && self.opts.seed % 2 == 1)
                 .then_some(DigestAlgorithm::Crc32c),
+            // Half the seeds detach a failing disk (the product's default), half pass errors on.
+            on_io_error_detach: self.opts.seed / 2 % 2 == 0,
         };
         trace!(
             self,
@@ -542,6 +550,7 @@ impl Sim {
         n.sb = Some(next);
         n.up = true;
         n.inc = inc;
+        n.detached = false;
         n.last_bitmap_save = self.now;
         // `urbd up` connects.
         self.step(
@@ -664,7 +673,16 @@ impl Sim {
             Action::Local { io, op } => self.submit_local(i, io, op),
             Action::Send { seq, msg } => self.send(i, seq, msg),
             Action::AckClient { id, result } => self.client_done(i, id, result),
-            Action::Persist(p) => self.persist(i, p),
+            Action::Persist(p) => {
+                if !self.n[i].detached {
+                    self.persist(i, p);
+                }
+            }
+            Action::Detach { meta } => {
+                // Best effort in the daemon; the simulated metadata device takes it.
+                self.persist(i, Persist::Superblock(meta));
+                self.n[i].detached = true;
+            }
             Action::StartConnecting => self.n[i].wants_connect = true,
             Action::Disconnect { reason } => self.reset_link(&reason),
             Action::Release(src) => {
@@ -803,6 +821,25 @@ impl Sim {
         let Some(o) = self.n[i].ops.remove(&id) else {
             return;
         };
+        if self.n[i].detached {
+            // The disk is gone: everything fails, nothing reaches it.
+            return match o.op {
+                LocalOp::Digest { .. } => self.step(
+                    i,
+                    Input::DigestDone {
+                        io: o.io,
+                        digest: None,
+                    },
+                ),
+                _ => self.step(
+                    i,
+                    Input::LocalDone {
+                        io: o.io,
+                        ok: false,
+                    },
+                ),
+            };
+        }
         match o.op {
             LocalOp::Write {
                 offset_bytes, fua, ..
@@ -1157,7 +1194,10 @@ impl Sim {
             return;
         }
         self.step(i, Input::Tick);
-        if self.now.saturating_sub(self.n[i].last_bitmap_save) >= 1000 && self.n[i].up {
+        if self.now.saturating_sub(self.n[i].last_bitmap_save) >= 1000
+            && self.n[i].up
+            && !self.n[i].detached
+        {
             self.n[i].last_bitmap_save = self.now;
             self.persist(i, Persist::Bitmap);
         }
@@ -1341,6 +1381,11 @@ impl Sim {
         );
         self.fault_phase = false;
         self.eio_rate = 0.0;
+        for i in 0..2 {
+            if self.n[i].up && self.n[i].detached {
+                self.reattach(i);
+            }
+        }
         self.link.corrupt_next = false;
         self.link.stalled = [false, false];
         self.kick_queues();
@@ -1626,6 +1671,18 @@ impl Sim {
         self.step(i, Input::Admin(cmd));
     }
 
+    /// The operator re-attaches a detached (repaired) disk: `urbdadm down` then `up`, which
+    /// the simulator models as a restart (volatile state lost, as in a crash).
+    fn reattach(&mut self, i: usize) {
+        trace!(
+            self,
+            "operator on {}: down + up (re-attach the disk)",
+            NAMES[i]
+        );
+        self.report.borrow_mut().reattaches += 1;
+        self.crash(i, "operator: down + up to re-attach the disk");
+    }
+
     fn careful_promotable(&self, x: usize) -> bool {
         let Some((role, disk, conn, repl)) = self.states(x) else {
             return false;
@@ -1679,6 +1736,9 @@ impl Sim {
             return;
         }
         let roll = self.rng.below(100);
+        if self.n[i].detached && roll < 50 {
+            return self.reattach(i);
+        }
         if repl == ReplicationState::SyncTarget && roll < 30 {
             // A probe a careful operator might try: the core must refuse it.
             return self.admin_cmd(i, AdminCmd::Primary { force: false });

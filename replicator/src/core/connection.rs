@@ -132,6 +132,18 @@ impl Core {
     }
 
     fn start_sync(&mut self, dir: SyncDirection, full: bool) {
+        let source_disk = match dir {
+            SyncDirection::IAmSource => self.disk,
+            SyncDirection::IAmTarget => self.peer.map_or(DiskState::DUnknown, |p| p.disk),
+        };
+        if source_disk != DiskState::UpToDate {
+            // An Outdated disk (detached after a failed write) is never copied over another.
+            return self.refuse_peer(format!(
+                "a resync is needed but its source disk is {source_disk}, not UpToDate: nothing \
+                 was moved; if that data is the best there is, run `urbdadm primary --force` on \
+                 that node, then `urbdadm connect` on both"
+            ));
+        }
         match dir {
             SyncDirection::IAmSource => self.start_sync_source(full),
             SyncDirection::IAmTarget => self.start_sync_target(full),

@@ -801,6 +801,27 @@ pub fn decide(me: &SideInfo, peer: &SideInfo, policy: &SplitBrainPolicy) -> Deci
         );
     }
 
+    // Same generation, one disk Outdated (it detached after a failed write) and the other
+    // UpToDate: the marked blocks go from the UpToDate side, which makes the other UpToDate.
+    let (outdated, up) = (DiskState::Outdated, DiskState::UpToDate);
+    if c.hg == 0
+        && c.rule != rules::BOTH_JUST_CREATED
+        && ((me.disk == outdated && peer.disk == up) || (peer.disk == outdated && me.disk == up))
+    {
+        let dir = if me.disk == up { 1 } else { -1 };
+        d.hg = dir;
+        d.by_disk_states = true;
+        d.reason = format!(
+            "{}; {} because exactly one disk is Outdated",
+            c.reason,
+            if dir > 0 {
+                "I am source"
+            } else {
+                "I am target"
+            }
+        );
+    }
+
     if d.hg.abs() == HG_SPLIT_BRAIN_AUTO {
         // Magnitude of a resolved split brain: bitmaps share a base only after rule 90.
         let magnitude = if d.hg == HG_SPLIT_BRAIN_AUTO { 1 } else { 2 };

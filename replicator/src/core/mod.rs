@@ -87,6 +87,9 @@ pub struct CoreConfig {
     /// Checksum-based resync (`csums-alg`, PROTOCOL.md §7.6.4): a full resync from this node
     /// compares digests first and sends only the blocks that differ; `None` sends every block.
     pub csums_alg: Option<urbd_protocol::DigestAlgorithm>,
+    /// `on-io-error = detach` (PROTOCOL.md §5.6): a node that is not Primary stops using a disk
+    /// that failed an I/O and goes on Diskless; `false` (pass-on) only reports errors.
+    pub on_io_error_detach: bool,
 }
 
 impl CoreConfig {
@@ -337,8 +340,23 @@ impl Core {
                 self.last_rx_ms = now_ms;
                 self.on_peer_message(seq, msg);
             }
-            Input::LocalDone { io, ok } => self.on_local_done(io, ok),
-            Input::DigestDone { io, digest } => self.on_digest_done(io, digest),
+            Input::LocalDone { io, ok } => {
+                self.on_local_done(io, ok);
+                if !ok {
+                    let lost_writes = matches!(
+                        io,
+                        LocalIo::Peer(_) | LocalIo::ResyncWrite(_) | LocalIo::PeerFlush(_)
+                    );
+                    self.local_io_failed(&format!("{io:?}"), lost_writes);
+                }
+            }
+            Input::DigestDone { io, digest } => {
+                let failed = digest.is_none();
+                self.on_digest_done(io, digest);
+                if failed {
+                    self.local_io_failed(&format!("{io:?}"), false);
+                }
+            }
             Input::PeerBitmap {
                 first_bit,
                 bit_count,
@@ -417,6 +435,45 @@ impl Core {
             | LocalIo::PeerCsumDigest(_) => {
                 panic!("a digest completes with Input::DigestDone, not LocalDone")
             }
+        }
+    }
+
+    /// on-io-error = detach (PROTOCOL.md §5.6): a local I/O of a node that is not Primary failed.
+    /// After a failed write (`lost_writes`) its metadata is marked Outdated (best effort: the
+    /// disk may be gone) so that it is never promoted or copied from with the writes it missed
+    /// (until a resync from an UpToDate peer); the driver stops using the disk, the node becomes
+    /// Diskless and reconnects as such (the peer then marks every write, and its transfer log,
+    /// out of sync: a bitmap resync after the disk is re-attached with `down` + `up`). A Primary
+    /// does not detach: its errors go to the client and the blocks are marked out of sync.
+    fn local_io_failed(&mut self, what: &str, lost_writes: bool) {
+        if !self.cfg.on_io_error_detach
+            || self.role == Role::Primary
+            || matches!(self.disk, DiskState::Diskless | DiskState::Failed)
+        {
+            return;
+        }
+        self.event(Event::Message(format!(
+            "local disk I/O failed ({what}): detaching the disk (on-io-error = detach); this \
+             node is Diskless until the disk is repaired and re-attached (`urbdadm down` then \
+             `urbdadm up`), then a resync brings it up to date"
+        )));
+        let marked = match self.disk {
+            DiskState::UpToDate | DiskState::Consistent if lost_writes => DiskState::Outdated,
+            d => d,
+        };
+        let meta = MetaState {
+            disk: marked,
+            ..self.meta_state()
+        };
+        self.set_disk(DiskState::Failed);
+        self.emit(Action::Detach { meta });
+        self.set_disk(DiskState::Diskless);
+        if self.conn == ConnectionState::Connected {
+            let reason = "the local disk failed and was detached; reconnecting Diskless";
+            self.emit(Action::Disconnect {
+                reason: reason.into(),
+            });
+            self.on_peer_lost(reason);
         }
     }
 

@@ -183,8 +183,12 @@ impl Core {
         w.local_ok = ok;
         let (offset, len) = (w.offset_bytes, w.len_bytes);
         if !ok {
+            // The peer may have the new data and this disk the old: mark the range, so that the
+            // next resync makes the two copies equal again (never a silent divergence).
+            self.bitmap.set_range(offset, len);
             self.event(Event::Message(format!(
-                "local write failed at offset {offset} ({len} bytes)"
+                "local write failed at offset {offset} ({len} bytes); the range is marked out \
+                 of sync"
             )));
         }
         self.maybe_finish_client_write(id);

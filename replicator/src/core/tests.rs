@@ -36,6 +36,7 @@ fn config(name: &str, peer: &str, protocol: ReplicationProtocol) -> CoreConfig {
         resync_rate_min_bytes_per_s: u64::MAX / 4096,
         verify_alg: urbd_protocol::DigestAlgorithm::Crc32c,
         csums_alg: None,
+        on_io_error_detach: true,
     }
 }
 
@@ -65,6 +66,10 @@ struct Node {
     replies: Vec<Result<(), String>>,
     wants_connect: bool,
     events: Vec<Event>,
+    /// Local writes, zeroes and flushes fail (EIO).
+    fail_writes: bool,
+    /// The metadata of the last `Action::Detach`.
+    detached: Option<MetaState>,
 }
 
 impl Node {
@@ -81,6 +86,8 @@ impl Node {
             replies: Vec::new(),
             wants_connect: false,
             events: Vec::new(),
+            fail_writes: false,
+            detached: None,
         }
     }
 
@@ -158,6 +165,7 @@ impl Pair {
             Action::Disconnect { .. } => self.cut(),
             Action::Release(_) | Action::Persist(_) => {}
             Action::Event(e) => self.n[i].events.push(e),
+            Action::Detach { meta } => self.n[i].detached = Some(meta),
         }
     }
 
@@ -285,6 +293,14 @@ impl Pair {
 
     fn exec_local(&mut self, i: usize, io: LocalIo, op: LocalOp) {
         let n = &mut self.n[i];
+        if n.fail_writes
+            && matches!(
+                op,
+                LocalOp::Write { .. } | LocalOp::Zero { .. } | LocalOp::Flush
+            )
+        {
+            return self.step(i, Input::LocalDone { io, ok: false });
+        }
         match op {
             LocalOp::Write {
                 offset_bytes,
@@ -1203,4 +1219,59 @@ fn a_write_racing_a_csum_comparison_never_leaves_old_data() {
             assert!(s.in_sync_bytes > 0 && s.sent_bytes > 0, "{s:?}");
         }
     }
+}
+
+// PROTOCOL.md §5.6: on-io-error = detach. The Secondary's disk fails a write: the Primary's
+// write is acked (its own disk has it) and marked; the Secondary detaches (metadata Outdated),
+// reconnects Diskless, and every later write is marked for the resync after re-attach.
+#[test]
+fn secondary_write_error_detaches_and_the_primary_goes_on() {
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    p.n[1].fail_writes = true;
+    let id = p.write(0, 4096, pattern(1, 4096));
+    p.settle();
+    assert_eq!(
+        p.acked(0, id),
+        Some(Ok(())),
+        "the Primary's own write succeeded"
+    );
+    assert_eq!(p.n[1].core.disk_state(), DiskState::Diskless);
+    assert_eq!(
+        p.n[1].detached.map(|m| m.disk),
+        Some(DiskState::Outdated),
+        "a node that missed a write is never promoted with it"
+    );
+    assert!(p.n[0].core.out_of_sync_bytes() >= 4096);
+    p.heal();
+    p.settle();
+    assert_eq!(p.n[0].core.connection_state(), ConnectionState::Connected);
+    assert_eq!(
+        p.n[0].core.peer().map(|v| v.disk),
+        Some(DiskState::Diskless)
+    );
+    let before = p.n[0].core.out_of_sync_bytes();
+    let id2 = p.write(0, 65536, pattern(2, 8192));
+    p.settle();
+    assert_eq!(p.acked(0, id2), Some(Ok(())));
+    assert_eq!(p.n[0].core.out_of_sync_bytes(), before + 8192);
+    assert!(
+        p.admin(1, AdminCmd::Primary { force: false }).is_err(),
+        "a Diskless node is not promotable"
+    );
+}
+
+// PROTOCOL.md §5.6: on-io-error = pass-on: the failed write is NegAcked and marked, the
+// Secondary keeps its disk and the connection.
+#[test]
+fn secondary_write_error_with_pass_on_only_marks() {
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    p.n[1].core.cfg.on_io_error_detach = false;
+    p.n[1].fail_writes = true;
+    let id = p.write(0, 4096, pattern(3, 4096));
+    p.settle();
+    assert_eq!(p.acked(0, id), Some(Ok(())));
+    assert_eq!(p.n[1].core.disk_state(), DiskState::UpToDate);
+    assert_eq!(p.n[1].detached, None);
+    assert_eq!(p.n[0].core.connection_state(), ConnectionState::Connected);
+    assert_eq!(p.n[0].core.out_of_sync_bytes(), 4096);
 }

@@ -344,6 +344,12 @@ pub enum Action {
     Disconnect {
         reason: String,
     },
+    /// on-io-error = detach: write `meta` to the superblock if the disk still takes it (best
+    /// effort, an error is only logged), then stop using the disk: every later `Local` fails
+    /// at once and `Persist` actions are skipped.
+    Detach {
+        meta: MetaState,
+    },
     /// The buffer named by this source is no longer needed by the core.
     Release(DataSource),
     Event(Event),

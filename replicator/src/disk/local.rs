@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::buf::{IoBuf, Pool};
+use super::faults::{FaultPlan, FaultRules};
 use super::op::{Completion, Op, OpKind};
 use super::open::{self, Geometry};
 use super::range_lock::RangeLocks;
@@ -45,6 +46,8 @@ pub struct DiskConfig {
     pub fallback_threads: usize,
     /// Largest chunk written at once when zeroes must be written out.
     pub zero_chunk_bytes: usize,
+    /// Tests only: a fault plan file (`faults.rs`) consulted before every data operation.
+    pub fault_plan: Option<std::path::PathBuf>,
 }
 
 impl Default for DiskConfig {
@@ -60,6 +63,7 @@ impl Default for DiskConfig {
             large_pool_buffer_bytes: 1 << 20,
             fallback_threads: 4,
             zero_chunk_bytes: 1 << 20,
+            fault_plan: None,
         }
     }
 }
@@ -87,6 +91,7 @@ pub struct LocalDisk {
     locks: RangeLocks,
     zero_chunk_bytes: usize,
     path: String,
+    faults: Option<FaultPlan>,
 }
 
 impl LocalDisk {
@@ -151,6 +156,41 @@ impl LocalDisk {
             locks: RangeLocks::default(),
             zero_chunk_bytes: config.zero_chunk_bytes,
             path: path.display().to_string(),
+            faults: config.fault_plan.as_deref().map(|p| {
+                tracing::warn!(
+                    plan = %p.display(),
+                    "disk fault injection is on (testing.disk-fault-plan): for tests only"
+                );
+                FaultPlan::new(p)
+            }),
+        })
+    }
+
+    /// Tests only: applies the fault plan (if any) to one operation — its write delay, then EIO
+    /// when `fails` says so.
+    async fn injected(
+        &self,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        fails: impl FnOnce(&FaultRules) -> bool,
+    ) -> Result<(), Error> {
+        let Some(plan) = &self.faults else {
+            return Ok(());
+        };
+        let rules = plan.rules();
+        if rules.write_delay_ms > 0 && op != "read" {
+            tokio::time::sleep(std::time::Duration::from_millis(rules.write_delay_ms)).await;
+        }
+        if !fails(&rules) {
+            return Ok(());
+        }
+        tracing::warn!(op, offset, len, plan = %plan.path().display(), "injected EIO");
+        Err(Error::Io {
+            op,
+            offset,
+            len,
+            source: std::io::Error::from_raw_os_error(libc::EIO),
         })
     }
 
@@ -234,6 +274,8 @@ impl LocalDisk {
     pub async fn read(&self, offset: u64, mut buf: IoBuf) -> Result<IoBuf, Error> {
         let len = buf.len() as u64;
         self.check_range(offset, len);
+        self.injected("read", offset, len, |r| r.read_fails(offset, len))
+            .await?;
         if len == 0 {
             return Ok(buf);
         }
@@ -256,6 +298,8 @@ impl LocalDisk {
     pub async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> Result<(), Error> {
         let len = buf.len() as u64;
         self.check_range(offset, len);
+        self.injected("write", offset, len, |r| r.write_fails(offset, len))
+            .await?;
         if len == 0 {
             return Ok(());
         }
@@ -284,6 +328,7 @@ impl LocalDisk {
 
     /// Makes every completed write durable (fdatasync).
     pub async fn flush(&self) -> Result<(), Error> {
+        self.injected("fdatasync", 0, 0, |r| r.flush_eio).await?;
         let c = self.submit(OpKind::Fsync, 0).await;
         c.result.map_err(|source| Error::Io {
             op: "fdatasync",
@@ -303,6 +348,8 @@ impl LocalDisk {
     /// range reads back as zeroes.
     pub async fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<(), Error> {
         self.check_range(offset, len);
+        self.injected("trim", offset, len, |r| r.write_fails(offset, len))
+            .await?;
         if len == 0 || self.geometry.block_device && !self.sector_aligned(offset, len) {
             return Ok(());
         }
@@ -339,6 +386,8 @@ impl LocalDisk {
         fua: bool,
     ) -> Result<(), Error> {
         self.check_range(offset, len);
+        self.injected("write zeroes", offset, len, |r| r.write_fails(offset, len))
+            .await?;
         if len == 0 {
             return Ok(());
         }

@@ -3,6 +3,7 @@
 //! match the disk's O_DIRECT alignment. It knows nothing about NBD or replication.
 
 mod buf;
+pub mod faults;
 mod local;
 mod op;
 mod open;

@@ -15,6 +15,7 @@
 //! meta-disk = "internal"         # "internal" (default) or an absolute path
 //! nbd = "127.0.0.1:10809"        # NBD export when Primary: HOST:PORT or unix:/path
 //! [net]  [disk]  [resync]  [split-brain]  [handlers]   # all optional, see the structs
+//! [testing]                                           # tests only: disk fault injection
 //! ```
 
 mod locate;
@@ -184,6 +185,26 @@ pub struct ResourceConfig {
     /// `[handlers]`.
     #[serde(default)]
     pub handlers: HandlersConfig,
+    /// `[testing]`: fault injection for the test suite; never set in production.
+    #[serde(default, skip_serializing_if = "TestingConfig::is_unset")]
+    pub testing: TestingConfig,
+}
+
+/// `[testing]`: hooks the test suite selects in its own configs (absent by default; the daemon
+/// logs a warning at start when one is set).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct TestingConfig {
+    /// A disk fault plan file (EIO on ranges, slow writes), re-read when it changes; format in
+    /// `replicator/src/disk/faults.rs` and docs/OPERATIONS.md.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_fault_plan: Option<PathBuf>,
+}
+
+impl TestingConfig {
+    pub fn is_unset(&self) -> bool {
+        self.disk_fault_plan.is_none()
+    }
 }
 
 /// One `[[node]]`.
@@ -310,7 +331,8 @@ impl NetConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnIoError {
-    /// Detach the disk and go on diskless through the peer (default).
+    /// A node that is not Primary stops using a failing disk and goes on Diskless, connected
+    /// (default; PROTOCOL.md §5.6). A Primary's read errors are retried from the peer.
     #[default]
     Detach,
     /// Report the error to the application.

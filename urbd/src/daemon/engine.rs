@@ -121,6 +121,9 @@ pub struct Engine {
     pub handlers: super::handlers::Handlers,
     was_sync_target: bool,
     held: std::collections::VecDeque<(ClientOp, oneshot::Sender<Result<(), IoFailure>>)>,
+    /// on-io-error = detach happened: the disk is no longer used (local I/O fails at once,
+    /// metadata is not written) until the daemon is restarted (`down` + `up`).
+    detached: bool,
 }
 
 impl Engine {
@@ -164,6 +167,7 @@ impl Engine {
             handlers: Default::default(),
             was_sync_target: false,
             held: std::collections::VecDeque::new(),
+            detached: false,
         }
     }
 
@@ -445,7 +449,27 @@ impl Engine {
                     });
                 }
             }
-            Action::Persist(p) => self.persist(p),
+            Action::Persist(p) => {
+                if !self.detached {
+                    self.persist(p);
+                }
+            }
+            Action::Detach { meta } => {
+                // Best effort: the disk that just failed may refuse this too.
+                let r = tokio::task::block_in_place(|| self.meta.write_state(&meta));
+                match r {
+                    Ok(()) => tracing::warn!(
+                        "disk detached after an I/O error; its metadata now says {}",
+                        meta.disk
+                    ),
+                    Err(e) => tracing::error!(
+                        "disk detached after an I/O error; its metadata could not be marked \
+                         {} either: {e}",
+                        meta.disk
+                    ),
+                }
+                self.detached = true;
+            }
             Action::StartConnecting => self.start_connecting(),
             Action::Disconnect { reason } => {
                 tracing::info!("disconnecting from the peer: {reason}");
@@ -520,6 +544,28 @@ impl Engine {
     fn local(&mut self, io: LocalIo, op: LocalOp) {
         let disk = self.disk.clone();
         let tx = self.tx.clone();
+        if self.detached {
+            // No disk any more: fail at once (buffers are released by the core as usual).
+            if let LocalOp::Write {
+                source: DataSource::Client(id),
+                ..
+            } = op
+            {
+                self.client_bufs.remove(&id);
+            }
+            let done = match op {
+                LocalOp::Digest { .. } => EngineInput::DigestDone { io, digest: None },
+                _ => EngineInput::LocalDone {
+                    io,
+                    ok: false,
+                    buf: None,
+                },
+            };
+            tokio::spawn(async move {
+                let _ = tx.send(done).await;
+            });
+            return;
+        }
         match op {
             LocalOp::Write {
                 offset_bytes,
@@ -616,7 +662,7 @@ impl Engine {
 
     fn save_bitmap(&mut self) {
         let pages = self.core.take_dirty_bitmap_pages();
-        if pages.is_empty() {
+        if pages.is_empty() || self.detached {
             return;
         }
         let result = tokio::task::block_in_place(|| {
@@ -710,6 +756,11 @@ impl Engine {
         }
         let pages = self.core.take_dirty_bitmap_pages();
         let view = self.core_view();
+        if self.detached {
+            // The metadata was marked at detach time; the failed disk is not written again.
+            self.exit_requested = true;
+            return Response::ok();
+        }
         let result = tokio::task::block_in_place(|| {
             self.meta.write_bitmap(self.core.bitmap(), &pages)?;
             self.meta.clean_shutdown(&view)

@@ -79,7 +79,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
             local.disk.display()
         )
     })?;
-    let disk = Arc::new(LocalDisk::open(&local.disk, &DiskConfig::default())?);
+    let disk_cfg = DiskConfig {
+        fault_plan: cfg.testing.disk_fault_plan.clone(),
+        ..DiskConfig::default()
+    };
+    let disk = Arc::new(LocalDisk::open(&local.disk, &disk_cfg)?);
     let data_size_bytes = attached.data_size_bytes;
     let limits = cfg.net.decode_limits();
     let core_cfg = CoreConfig {
@@ -112,6 +116,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             crate::config::CsumsAlg::Crc32c => Some(urbd_protocol::DigestAlgorithm::Crc32c),
             crate::config::CsumsAlg::Sha256 => Some(urbd_protocol::DigestAlgorithm::Sha256),
         },
+        on_io_error_detach: cfg.disk.on_io_error == crate::config::OnIoError::Detach,
     };
     warn_unimplemented(&cfg);
     let core = Core::new(core_cfg, attached.restored);
