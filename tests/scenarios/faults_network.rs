@@ -311,6 +311,65 @@ fn wait_both_lost(pair: &Pair, since: Instant, timeout: Duration) -> [Duration; 
     }
 }
 
+/// Seconds since midnight (UTC) of a daemon log line ("2026-11-23T17:32:48.351137Z ...").
+fn log_time_of_day(line: &str) -> Option<f64> {
+    let t = line.get(11..)?.split('Z').next()?;
+    let mut it = t.split(':');
+    let h: f64 = it.next()?.parse().ok()?;
+    let m: f64 = it.next()?.parse().ok()?;
+    let s: f64 = it.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// Now, in seconds since midnight (UTC), comparable with [`log_time_of_day`].
+fn now_time_of_day() -> f64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    (d.as_secs() % 86_400) as f64 + f64::from(d.subsec_micros()) / 1e6
+}
+
+/// Waits until each node's log, past byte `offsets[i]`, has a "peer lost:" line; how long
+/// after `t0` (a [`now_time_of_day`]) each was logged, and the lines. Catches losses that a
+/// status poll misses because the link came back at once.
+#[track_caller]
+fn wait_both_lost_in_logs(
+    pair: &Pair,
+    offsets: [usize; 2],
+    t0: f64,
+    timeout: Duration,
+) -> ([Duration; 2], [String; 2]) {
+    let mut found: [Option<(Duration, String)>; 2] = [None, None];
+    let ok = urbd_tests::tools::wait_until(timeout, || {
+        for (i, node) in Node::BOTH.into_iter().enumerate() {
+            if found[i].is_some() {
+                continue;
+            }
+            let log = pair.log(node);
+            let line = log
+                .get(offsets[i]..)
+                .unwrap_or("")
+                .lines()
+                .find(|l| l.contains("peer lost:"));
+            if let Some(l) = line {
+                let at = log_time_of_day(l).unwrap_or(t0);
+                let after = (at - t0).rem_euclid(86_400.0);
+                found[i] = Some((Duration::from_secs_f64(after), l.to_string()));
+            }
+        }
+        found.iter().all(Option::is_some)
+    });
+    assert!(
+        ok,
+        "not both nodes logged a peer loss within {timeout:?}: {found:?}\n{}",
+        pair.logs_tail(30)
+    );
+    let [Some((da, la)), Some((db, lb))] = found else {
+        unreachable!()
+    };
+    ([da, db], [la, lb])
+}
+
 /// Waits until both nodes are in sync; returns how long it took.
 #[track_caller]
 fn wait_both_in_sync(pair: &Pair, timeout: Duration) -> Duration {
@@ -377,6 +436,24 @@ fn disconnect_lines(lines: &[String], from: usize) -> Vec<String> {
         })
         .cloned()
         .collect()
+}
+
+/// How many times the connection went from Connected to something else (event lines from
+/// `from`).
+fn losses(lines: &[String], from: usize) -> usize {
+    let mut connected = true;
+    let mut n = 0;
+    for l in lines.iter().skip(from).filter(|l| is_connection_line(l)) {
+        let Some(state) = l.split(" connection:").nth(1) else {
+            continue;
+        };
+        let now = state.starts_with("Connected");
+        if connected && !now {
+            n += 1;
+        }
+        connected = now;
+    }
+    n
 }
 
 fn blocks_bytes(acks: &[Ack], pred: impl Fn(&Ack) -> bool) -> u64 {
@@ -567,7 +644,8 @@ fn s3_slow_and_flapping_links() {
     for p in pp.proxies() {
         p.set_delay_both(delay);
     }
-    let mut w1 = Writer::start(pp.nbd_addr(Alpha), seed, 1, blocks / 2, Duration::ZERO);
+    // Disjoint ranges: [1, blocks/2) and [blocks/2, blocks).
+    let mut w1 = Writer::start(pp.nbd_addr(Alpha), seed, 1, blocks / 2 - 1, Duration::ZERO);
     let mut w2 = Writer::start(
         pp.nbd_addr(Alpha),
         seed ^ 0xff,
@@ -630,22 +708,32 @@ fn s3_slow_and_flapping_links() {
     let flaps = 5;
     let mark_a = ev_a.lines().len();
     let t_flap = Instant::now();
+    let mut t_last_heal = t_flap;
     for i in 0..flaps {
         let down = Duration::from_millis(800 + rng.next_u64() % 2200);
         let up = Duration::from_millis(300 + rng.next_u64() % 2700);
         pp.partition(false);
         thread::sleep(down);
         pp.heal();
-        eprintln!("flap {i}: cut {down:?}, then up {up:?}");
-        thread::sleep(up);
+        t_last_heal = Instant::now();
+        if i + 1 < flaps {
+            eprintln!("flap {i}: cut {down:?}, then up {up:?}");
+            thread::sleep(up);
+        } else {
+            eprintln!("flap {i}: cut {down:?}, then healed for good");
+        }
         w1.check_alive(&pp);
         w2.check_alive(&pp);
     }
-    let t_last = Instant::now();
     let bound = Duration::from_secs(30);
-    let converge = wait_both_in_sync(&pp, bound);
-    let flap_time = t_last - t_flap;
-    let losses = disconnect_lines(&ev_a.lines(), mark_a).len();
+    wait_both_in_sync(&pp, bound);
+    let converge = t_last_heal.elapsed();
+    assert!(
+        converge <= bound,
+        "converged {converge:?} after the last heal"
+    );
+    let flap_time = t_last_heal - t_flap;
+    let losses = losses(&ev_a.lines(), mark_a);
     assert!(
         losses >= 1,
         "the flaps never took the link down (alpha's events)\n{}",
@@ -671,7 +759,7 @@ fn s3_slow_and_flapping_links() {
         ),
         &format!(
             "slow: {slow_writes} writes in {}, latency {:.0}..{:.0} ms; flapping {} with {losses} \
-             loss events on alpha; converged {} after the last heal; {} blocks checked",
+             link losses seen by alpha; converged {} after the last heal; {} blocks checked",
             secs(slow_for),
             min_lat.as_secs_f64() * 1000.0,
             max_lat.as_secs_f64() * 1000.0,
@@ -816,11 +904,12 @@ fn s9_hostile_peers() {
     };
     let mut rng = Prng::new(seed ^ 9);
     let mut figures = Vec::new();
+    // The main writer's blocks [1, blocks/4); the bulk writers of (d) take the rest.
     let mut w = Writer::start(
         pp.nbd_addr(Alpha),
         seed,
         1,
-        blocks - 1,
+        blocks / 4 - 1,
         Duration::from_millis(5),
     );
 
@@ -890,7 +979,8 @@ fn s9_hostile_peers() {
         let _ = s.write_all(&frame_with_len(HELLO, 0, 100_000, &hello(0, peer)));
         closed_within(&mut s, Duration::from_secs(3))
             .unwrap_or_else(|| panic!("{node}: long Hello: connection not closed in 3 s"));
-        assert_logged(&pp, node, log0, &me, "Hello too long");
+        let line = assert_logged(&pp, node, log0, &me, "Hello too long");
+        eprintln!("{node} long Hello → {line}");
 
         // A frame with a bad crc.
         let log0 = pp.log(node).len();
@@ -902,7 +992,8 @@ fn s9_hostile_peers() {
         let _ = s.write_all(&f);
         closed_within(&mut s, Duration::from_secs(3))
             .unwrap_or_else(|| panic!("{node}: bad crc: connection not closed in 3 s"));
-        assert_logged(&pp, node, log0, &me, "bad crc");
+        let line = assert_logged(&pp, node, log0, &me, "bad crc");
+        eprintln!("{node} bad crc → {line}");
 
         // Wrong secret: a proper Hello and challenge, then a made-up AuthResponse.
         let log0 = pp.log(node).len();
@@ -993,46 +1084,102 @@ fn s9_hostile_peers() {
         })
         .collect();
     thread::sleep(Duration::from_millis(500));
-    let resyncs_before = resyncs(&pp, Alpha).len();
-    let t0 = Instant::now();
-    // On ab alpha is the client; on ba it is the target.
-    pp.ab.stall(Dir::ToTarget, true);
-    pp.ba.stall(Dir::ToClient, true);
-    let [la, lb] = wait_both_lost(&pp, t0, Duration::from_secs(30));
-    thread::sleep(Duration::from_secs(2));
-    let t_check = Instant::now();
-    w.check_alive(&pp);
-    for b in &mut bulk {
-        b.check_alive(&pp);
+    for data_only in [true, false] {
+        let what = if data_only {
+            "data socket stalled (meta flows)"
+        } else {
+            "both sockets stalled"
+        };
+        let resyncs_before = resyncs(&pp, Alpha).len();
+        let logs0 = [pp.log(Alpha).len(), pp.log(Beta).len()];
+        let t0;
+        let t0_tod;
+        if data_only {
+            // The proxy carrying the link holds its two sockets, data (accepted first) and meta.
+            let mut carrier = None;
+            let found = urbd_tests::tools::wait_until(Duration::from_secs(10), || {
+                let open = [pp.ab.open_connections(), pp.ba.open_connections()];
+                carrier = match open {
+                    [2, 0] => Some(0),
+                    [0, 2] => Some(1),
+                    _ => None,
+                };
+                carrier.is_some()
+            });
+            assert!(
+                found,
+                "no proxy carries exactly the link\n{}",
+                pp.describe_proxies()
+            );
+            // On ab alpha is the client; on ba it is the target.
+            let (p, dir) = if carrier == Some(0) {
+                (&pp.ab, Dir::ToTarget)
+            } else {
+                (&pp.ba, Dir::ToClient)
+            };
+            t0 = Instant::now();
+            t0_tod = now_time_of_day();
+            assert!(p.stall_connection(0, dir, true));
+        } else {
+            t0 = Instant::now();
+            t0_tod = now_time_of_day();
+            pp.ab.stall(Dir::ToTarget, true);
+            pp.ba.stall(Dir::ToClient, true);
+        }
+        // Meta flowing, only the write path can tell: timeout-ms (acks missing) or a full send
+        // queue. Everything stalled: the ping timeout.
+        let bound = if data_only {
+            Duration::from_millis(net.timeout_ms + 3000)
+        } else {
+            loss_bound(&net)
+        };
+        let ([la, lb], [line_a, line_b]) =
+            wait_both_lost_in_logs(&pp, logs0, t0_tod, bound + Duration::from_secs(10));
+        eprintln!("{what}: alpha after {la:?}: {line_a}\n  beta after {lb:?}: {line_b}");
+        assert!(
+            la <= bound && lb <= bound,
+            "{what}: loss noticed after {la:?}/{lb:?}, bound {bound:?}\n{}",
+            pp.logs_tail(30)
+        );
+        thread::sleep(Duration::from_secs(2));
+        w.check_alive(&pp);
+        for b in &mut bulk {
+            b.check_alive(&pp);
+        }
+        let all: Vec<Ack> = bulk.iter().flat_map(|b| b.acks()).chain(w.acks()).collect();
+        let max_lat = all
+            .iter()
+            .filter(|a| a.at > t0)
+            .map(|a| a.latency)
+            .max()
+            .unwrap_or_default();
+        let after = all.iter().filter(|a| a.at > t0 + la).count();
+        assert!(
+            max_lat <= write_bound(&net),
+            "{what}: a write took {max_lat:?} while the peer did not read"
+        );
+        assert!(
+            after >= 20,
+            "{what}: only {after} writes completed after alpha dropped the stuck peer"
+        );
+        for p in pp.proxies() {
+            p.heal();
+            for i in 0..4 {
+                p.stall_connection(i, Dir::ToTarget, false);
+                p.stall_connection(i, Dir::ToClient, false);
+            }
+        }
+        let converge = wait_both_in_sync(&pp, Duration::from_secs(60));
+        wait_resyncs(&pp, Alpha, resyncs_before + 1);
+        figures.push(format!(
+            "{what}: peer dropped after {}/{} (alpha/beta), max write latency {:.0} ms, {after} \
+             writes after, in sync {} after heal",
+            secs(la),
+            secs(lb),
+            max_lat.as_secs_f64() * 1000.0,
+            secs(converge)
+        ));
     }
-    let all: Vec<Ack> = bulk.iter().flat_map(|b| b.acks()).chain(w.acks()).collect();
-    let max_lat = all
-        .iter()
-        .filter(|a| a.at > t0)
-        .map(|a| a.latency)
-        .max()
-        .unwrap_or_default();
-    let after = all.iter().filter(|a| a.at > t0 + la).count();
-    assert!(
-        max_lat <= write_bound(&net),
-        "a write took {max_lat:?} while the peer did not read"
-    );
-    assert!(
-        after >= 20,
-        "only {after} writes completed after alpha dropped the stuck peer"
-    );
-    let _ = t_check;
-    pp.heal();
-    let converge = wait_both_in_sync(&pp, Duration::from_secs(60));
-    wait_resyncs(&pp, Alpha, resyncs_before + 1);
-    figures.push(format!(
-        "peer stops reading: dropped after {}/{} (alpha/beta), max write latency {:.0} ms, \
-         {after} writes after, in sync {} after heal",
-        secs(la),
-        secs(lb),
-        max_lat.as_secs_f64() * 1000.0,
-        secs(converge)
-    ));
     for b in &mut bulk {
         b.stop(&pp);
     }
@@ -1042,26 +1189,8 @@ fn s9_hostile_peers() {
     pp.down_both();
     let data = pp.assert_data_identical();
     let mut checked = w.assert_acked_in("writer", &data);
-    // The bulk writers' ranges overlap the main writer's: only check blocks nobody else wrote
-    // later — simplest: check the bulk writers' blocks that the main writer never touched.
-    let main_blocks: std::collections::BTreeSet<u64> = w.acks().iter().map(|a| a.block).collect();
     for b in &bulk {
-        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
-        for a in b.acks() {
-            last.insert(a.block, a.seq);
-        }
-        for (block, seq) in last {
-            if main_blocks.contains(&block) {
-                continue;
-            }
-            let off = (block * BLOCK) as usize;
-            assert_eq!(
-                &data[off..off + BLOCK as usize],
-                block_data(b.seed, block, seq).as_slice(),
-                "bulk writer block {block}"
-            );
-            checked += 1;
-        }
+        checked += b.assert_acked_in("bulk writer", &data);
     }
     report::scenario(
         "9 hostile peers",

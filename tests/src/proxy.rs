@@ -113,6 +113,8 @@ struct ConnState {
     dead: AtomicBool,
     /// Threads of the connection still running.
     alive: AtomicUsize,
+    /// Per-connection stall, per direction ([`ProxyHandle::stall_connection`]).
+    stall: [AtomicBool; 2],
 }
 
 enum Msg {
@@ -265,6 +267,21 @@ impl ProxyHandle {
     /// destination; sockets stay open, so TCP pushes back on the sender.
     pub fn stall(&self, dir: Dir, on: bool) {
         self.update(|f| f.stall[dir.idx()] = on);
+    }
+
+    /// Stall (or resume) `dir` of one open connection only: the `index`-th in the order they
+    /// were accepted (a urbd peer link opens its data socket first, then its meta socket).
+    /// False if there is no such open connection.
+    pub fn stall_connection(&self, index: usize, dir: Dir, on: bool) -> bool {
+        let mut conns = lock(&self.shared.conns);
+        conns.retain(|c| !c.state.dead.load(Ordering::SeqCst));
+        match conns.get(index) {
+            Some(c) => {
+                c.state.stall[dir.idx()].store(on, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Drop everything going `dir` (a one-way blackhole); sockets stay open.
@@ -449,6 +466,7 @@ fn start_conn(sh: &Arc<Shared>, client: TcpStream) {
     let state = Arc::new(ConnState {
         dead: AtomicBool::new(false),
         alive: AtomicUsize::new(4),
+        stall: Default::default(),
     });
     lock(&sh.conns).push(Conn {
         client: c_reg,
@@ -509,7 +527,7 @@ fn reader(sh: &Shared, st: &ConnState, dir: Dir, mut src: TcpStream, tx: SyncSen
     let d = dir.idx();
     let mut buf = vec![0u8; CHUNK_BYTES];
     while !gone(sh, st) {
-        if lock(&sh.faults).stall[d] {
+        if lock(&sh.faults).stall[d] || st.stall[d].load(Ordering::SeqCst) {
             thread::sleep(POLL / 2);
             continue;
         }
@@ -574,7 +592,7 @@ fn writer(sh: &Shared, st: &ConnState, dir: Dir, mut dst: TcpStream, rx: Receive
             let f = lock(&sh.faults).clone();
             let due = read_at + Duration::from_millis(f.delay_ms[d]);
             let now = Instant::now();
-            if f.stall[d] {
+            if f.stall[d] || st.stall[d].load(Ordering::SeqCst) {
                 thread::sleep(POLL / 2);
             } else if now < due {
                 thread::sleep((due - now).min(POLL));
@@ -1010,6 +1028,25 @@ mod tests {
         p.stall(Dir::ToTarget, false);
         let mut back = [0u8; 4];
         c.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"held");
+    }
+
+    #[test]
+    fn stall_of_one_connection_leaves_the_others() {
+        let e = Echo::start();
+        let p = Proxy::start(e.addr);
+        let mut c0 = client(&p);
+        assert_eq!(echo(&mut c0, b"0"), b"0");
+        let mut c1 = client(&p);
+        assert_eq!(echo(&mut c1, b"1"), b"1");
+        assert!(p.stall_connection(0, Dir::ToClient, true));
+        assert!(!p.stall_connection(2, Dir::ToClient, true));
+        c0.write_all(b"held").unwrap();
+        assert_eq!(echo(&mut c1, b"free"), b"free");
+        assert_eq!(poll_read(&mut c0, Duration::from_millis(300)), Ok(None));
+        assert!(p.stall_connection(0, Dir::ToClient, false));
+        let mut back = [0u8; 4];
+        c0.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"held");
     }
 
