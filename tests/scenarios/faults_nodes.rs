@@ -329,7 +329,7 @@ fn s4b_primary_kill9_during_resync() {
     let converged = up_at.elapsed();
     let after = *wait_resyncs(&pair, Alpha, 1).last().unwrap();
     assert!(
-        after >= left.min(region_blocks * BLOCK) / 2 && after <= region_blocks * BLOCK,
+        after >= left && after <= region_blocks * BLOCK,
         "after the restart what was left ({left}) plus the writes in flight and the hot \
          activity-log extents move, inside the written region: {after}"
     );
@@ -676,11 +676,11 @@ fn s7_silent_corruption_verify_and_repair() {
         "verify reports exactly the corrupted blocks (on both nodes, in the log) while the \
          application writes; verify --repair resyncs exactly them; identical",
         &format!(
-            "{} blocks corrupted ({corrupted_bytes} bytes flipped): found {}, repaired {}; \
+            "{} blocks corrupted ({corrupted_bytes} bytes flipped): found {} bytes, repaired {}; \
              verify pass of {} in {:.1} s with {} writes acked meanwhile",
             bad.len(),
-            mib(want),
-            mib(moved),
+            want,
+            moved,
             mib(size),
             secs(verify_s),
             wend.acked
