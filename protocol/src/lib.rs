@@ -74,8 +74,8 @@ pub use messages::handshake::{
     BITMAP_GRANULARITY_BYTES_MAX, BITMAP_GRANULARITY_BYTES_MIN, SECTOR_SIZE_BYTES,
 };
 pub use messages::resync::{
-    BitmapChunk, BlockRange, CsumRequest, Digest, DigestAlgorithm, ResyncData, ResyncStart,
-    VerifyReply, VerifyRequest, VerifyStart,
+    BitmapChunk, BlockRange, CsumRequest, Digest, DigestAlgorithm, ReadReply, ResyncData,
+    ResyncStart, VerifyReply, VerifyRequest, VerifyStart,
 };
 pub use messages::write::{BarrierAck, Data, NegAck, RangeWrite, WriteErrorCode, WriteFlags};
 pub use messages::Message;

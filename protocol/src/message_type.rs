@@ -68,6 +68,12 @@ wire_enum! {
         SyncPause = 0x003a => "SyncPause",
         /// §4.29
         VerifyStart = 0x003b => "VerifyStart",
+        /// §4.30
+        ReadRequest = 0x003c => "ReadRequest",
+        /// §4.30
+        ReadReply = 0x003d => "ReadReply",
+        /// §4.30
+        ReadFailed = 0x003e => "ReadFailed",
         /// §4.24
         StateChange = 0x0040 => "StateChange",
         /// §4.25
@@ -107,6 +113,9 @@ impl MessageType {
             State => (46, 46),
             // offset 8 + at least one data byte
             Data | ResyncData => (9, OPEN),
+            // request id 8 + at least one data byte
+            ReadReply => (9, OPEN),
+            ReadFailed => (8, 8),
             RecvAck | WriteAck | Barrier | FlushReq | FlushAck | SyncUuid => (8, 8),
             NegAck => (10, 10),
             BarrierAck => (12, 12),
@@ -114,7 +123,7 @@ impl MessageType {
             Ping | PingAck | ResyncDone => (0, 0),
             // first bit 8 + bit count 4 + at least one byte
             BitmapChunk => (13, OPEN),
-            ResyncRequest | InSync => (12, 12),
+            ResyncRequest | InSync | ReadRequest => (12, 12),
             // offset 8 + length 4 + algorithm 1 + digest 4 (crc32c) ..= 32 (sha256)
             CsumRequest | VerifyRequest => (17, 45),
             // offset 8 + length 4 + in-sync 1
@@ -147,10 +156,11 @@ impl MessageType {
         match self {
             Hello | AuthChallenge | AuthResponse | AuthResult => Socket::Both,
             RecvAck | WriteAck | NegAck | BarrierAck | FlushAck | Ping | PingAck | InSync
-            | VerifyReply | StateChangeReply => Socket::Meta,
+            | VerifyReply | StateChangeReply | ReadFailed => Socket::Meta,
             Params | State | Data | Barrier | FlushReq | Trim | WriteZeroes | BitmapChunk
             | SyncUuid | ResyncRequest | ResyncData | CsumRequest | VerifyRequest | ResyncDone
-            | ResyncStart | SyncPause | VerifyStart | StateChange | Disconnect => Socket::Data,
+            | ResyncStart | SyncPause | VerifyStart | StateChange | Disconnect | ReadRequest
+            | ReadReply => Socket::Data,
         }
     }
 

@@ -184,6 +184,12 @@ fn examples() -> Vec<Message> {
             start_bytes: 0,
             stop_bytes: 1 << 20,
         }),
+        Message::ReadRequest(range),
+        Message::ReadReply(ReadReply {
+            request_id: 9,
+            data: Bytes::from_static(&[7; 16]),
+        }),
+        Message::ReadFailed { request_id: 9 },
         Message::StateChange(StateChange {
             role: Some(Role::Primary),
             disk: None,
@@ -257,6 +263,9 @@ fn type_numbers_match_spec_table() {
         (MessageType::ResyncStart, 0x0039),
         (MessageType::SyncPause, 0x003a),
         (MessageType::VerifyStart, 0x003b),
+        (MessageType::ReadRequest, 0x003c),
+        (MessageType::ReadReply, 0x003d),
+        (MessageType::ReadFailed, 0x003e),
         (MessageType::StateChange, 0x0040),
         (MessageType::StateChangeReply, 0x0041),
         (MessageType::Disconnect, 0x0042),

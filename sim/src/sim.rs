@@ -152,6 +152,7 @@ struct Node {
     client_bufs: HashMap<u64, Vec<u8>>,
     frame_bufs: HashMap<u64, Vec<u8>>,
     read_bufs: HashMap<u64, Vec<u8>>,
+    peer_read_bufs: HashMap<u64, Vec<u8>>,
     ops: std::collections::BTreeMap<u64, PendingOp>,
     wants_connect: bool,
     paused_until: u64,
@@ -308,6 +309,7 @@ impl Sim {
             client_bufs: HashMap::new(),
             frame_bufs: HashMap::new(),
             read_bufs: HashMap::new(),
+            peer_read_bufs: HashMap::new(),
             ops: std::collections::BTreeMap::new(),
             wants_connect: false,
             paused_until: 0,
@@ -599,6 +601,7 @@ impl Sim {
         n.client_bufs.clear();
         n.frame_bufs.clear();
         n.read_bufs.clear();
+        n.peer_read_bufs.clear();
         n.ops.clear();
         n.wants_connect = false;
         n.fresh = false;
@@ -662,6 +665,7 @@ impl Sim {
             DataSource::Client(id) => n.client_bufs[&id].clone(),
             DataSource::Frame(k) => n.frame_bufs[&k].clone(),
             DataSource::ResyncRead(off) => n.read_bufs[&off].clone(),
+            DataSource::PeerRead(key) => n.peer_read_bufs[&key].clone(),
         }
     }
 
@@ -691,10 +695,14 @@ impl Sim {
                     DataSource::Client(id) => n.client_bufs.remove(&id),
                     DataSource::Frame(k) => n.frame_bufs.remove(&k),
                     DataSource::ResyncRead(off) => n.read_bufs.remove(&off),
+                    DataSource::PeerRead(key) => n.peer_read_bufs.remove(&key),
                 };
             }
             Action::Event(e) => self.on_event(i, e),
             Action::AdminReply(_) => {}
+            // The simulated Primary's reads never fail (its clients read its disk directly), so
+            // it never asks the peer (PROTOCOL.md §5.7 is covered by the core's table tests).
+            Action::ReadDone { .. } => {}
         }
     }
 
@@ -879,7 +887,11 @@ impl Sim {
                 if !o.fail {
                     let r = offset_bytes as usize..(offset_bytes + len_bytes) as usize;
                     let d = self.n[i].disk.current[r].to_vec();
-                    self.n[i].read_bufs.insert(offset_bytes, d);
+                    if let LocalIo::PeerRead(key) = o.io {
+                        self.n[i].peer_read_bufs.insert(key, d);
+                    } else {
+                        self.n[i].read_bufs.insert(offset_bytes, d);
+                    }
                 }
             }
             LocalOp::Flush => {}

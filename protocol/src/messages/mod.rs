@@ -12,7 +12,7 @@ use crate::header::{Header, CRC_LEN_BYTES, HEADER_LEN_BYTES, VERSION};
 use crate::wire::Reader;
 use crate::{
     AuthChallenge, AuthResponse, AuthResult, BarrierAck, BitmapChunk, BlockRange, CsumRequest,
-    Data, Disconnect, Error, Hello, MessageType, NegAck, Params, RangeWrite, ResyncData,
+    Data, Disconnect, Error, Hello, MessageType, NegAck, Params, RangeWrite, ReadReply, ResyncData,
     ResyncStart, State, StateChange, StateChangeReply, VerifyReply, VerifyRequest, VerifyStart,
     WriteFlags,
 };
@@ -88,6 +88,12 @@ pub enum Message {
     StateChangeReply(StateChangeReply),
     /// §4.26
     Disconnect(Disconnect),
+    /// §4.30: the Primary's local read failed; the peer reads the range for it.
+    ReadRequest(BlockRange),
+    /// §4.30: the answer to a `ReadRequest` (its frame's seq).
+    ReadReply(ReadReply),
+    /// §4.30: the peer could not read the range either.
+    ReadFailed { request_id: u64 },
 }
 
 impl Message {
@@ -127,6 +133,9 @@ impl Message {
             Message::StateChange(_) => MessageType::StateChange,
             Message::StateChangeReply(_) => MessageType::StateChangeReply,
             Message::Disconnect(_) => MessageType::Disconnect,
+            Message::ReadRequest(_) => MessageType::ReadRequest,
+            Message::ReadReply(_) => MessageType::ReadReply,
+            Message::ReadFailed { .. } => MessageType::ReadFailed,
         }
     }
 
@@ -154,14 +163,18 @@ impl Message {
             | Message::Barrier { .. }
             | Message::FlushReq { .. }
             | Message::FlushAck { .. }
-            | Message::SyncUuid { .. } => 8,
+            | Message::SyncUuid { .. }
+            | Message::ReadFailed { .. } => 8,
             Message::NegAck(_) => 10,
             Message::BarrierAck(_) => 12,
             Message::Trim(_) | Message::WriteZeroes(_) => 16,
             Message::Ping | Message::PingAck | Message::ResyncDone => 0,
             Message::BitmapChunk(chunk) => chunk.encoded_len_bytes(),
-            Message::ResyncRequest(_) | Message::InSync(_) => BlockRange::LEN_BYTES,
+            Message::ResyncRequest(_) | Message::InSync(_) | Message::ReadRequest(_) => {
+                BlockRange::LEN_BYTES
+            }
             Message::ResyncData(data) => data.encoded_len_bytes(),
+            Message::ReadReply(reply) => reply.encoded_len_bytes(),
             Message::CsumRequest(request) => request.encoded_len_bytes(),
             Message::VerifyRequest(request) => request.encoded_len_bytes(),
             Message::VerifyReply(_) => VerifyReply::LEN_BYTES,
@@ -230,8 +243,12 @@ impl Message {
             Message::Ping | Message::PingAck | Message::ResyncDone => {}
             Message::BitmapChunk(chunk) => chunk.put(out),
             Message::SyncUuid { uuid } => out.put_u64(*uuid),
-            Message::ResyncRequest(range) | Message::InSync(range) => range.put(out),
+            Message::ResyncRequest(range)
+            | Message::InSync(range)
+            | Message::ReadRequest(range) => range.put(out),
             Message::ResyncData(data) => data.put(out),
+            Message::ReadReply(reply) => reply.put(out),
+            Message::ReadFailed { request_id } => out.put_u64(*request_id),
             Message::CsumRequest(request) => request.put(out),
             Message::VerifyRequest(request) => request.put(out),
             Message::VerifyReply(reply) => reply.put(out),
@@ -306,6 +323,11 @@ impl Message {
             MessageType::StateChange => Message::StateChange(StateChange::take(r)?),
             MessageType::StateChangeReply => Message::StateChangeReply(StateChangeReply::take(r)?),
             MessageType::Disconnect => Message::Disconnect(Disconnect::take(r)?),
+            MessageType::ReadRequest => Message::ReadRequest(BlockRange::take(r)?),
+            MessageType::ReadReply => Message::ReadReply(ReadReply::take(r)?),
+            MessageType::ReadFailed => Message::ReadFailed {
+                request_id: r.u64("request_id")?,
+            },
         })
     }
 }

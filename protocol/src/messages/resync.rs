@@ -116,6 +116,32 @@ impl ResyncData {
     }
 }
 
+/// The data of a `ReadRequest`, read by the peer for a Primary whose own read failed (§4.30).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReadReply {
+    /// The seq of the `ReadRequest` frame.
+    pub request_id: u64,
+    /// The range's bytes; non-empty.
+    pub data: Bytes,
+}
+
+impl ReadReply {
+    pub(crate) fn encoded_len_bytes(&self) -> usize {
+        8 + self.data.len()
+    }
+
+    pub(crate) fn put(&self, out: &mut BytesMut) {
+        out.put_u64(self.request_id);
+        out.put_slice(&self.data);
+    }
+
+    pub(crate) fn take(r: &mut Reader) -> Result<Self, Error> {
+        let request_id = r.u64("request_id")?;
+        let data = r.rest();
+        Ok(ReadReply { request_id, data })
+    }
+}
+
 wire_enum! {
     /// Digest algorithms for checksum-based resync and online verify (§4.20).
     pub enum DigestAlgorithm: u8, kind = "digest algorithm" {

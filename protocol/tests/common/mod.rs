@@ -211,6 +211,19 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
                     stop_bytes
                 })
             ),
+        (any::<u64>(), 0u32..=1 << 20).prop_map(|(offset_bytes, length_bytes)| {
+            Message::ReadRequest(BlockRange {
+                offset_bytes: offset_bytes % (1 << 50),
+                length_bytes: length_bytes.max(1),
+            })
+        }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 1..64)).prop_map(
+            |(request_id, data)| Message::ReadReply(ReadReply {
+                request_id,
+                data: Bytes::from(data),
+            })
+        ),
+        any::<u64>().prop_map(|request_id| Message::ReadFailed { request_id }),
         arb_state_change().prop_map(Message::StateChange),
         (
             any::<u64>(),

@@ -202,6 +202,7 @@ impl Core {
         let peer_had_data =
             self.replicating() && self.peer.is_some_and(|p| p.disk == DiskState::UpToDate);
         self.forget_peer_requests();
+        self.fail_peer_reads();
         if let Some(r) = self.resync.take() {
             self.last_resync = Some(ResyncStats {
                 running: false,

@@ -27,6 +27,7 @@ mod connection;
 pub mod decision;
 #[cfg(feature = "mutations")]
 pub mod mutation;
+mod peer_read;
 mod primary;
 mod resync;
 mod secondary;
@@ -42,6 +43,7 @@ use urbd_protocol::{
 };
 
 pub use conflicts::Conflicts;
+pub use peer_read::{PEER_READS_MAX, PEER_READ_BYTES_MAX};
 pub use types::*;
 
 use crate::meta::Bitmap;
@@ -194,6 +196,10 @@ pub struct Core {
     // Secondary side.
     peer_writes: BTreeMap<u64, PeerWrite>,
     peer_flushes: Vec<(u64, u64)>,
+    /// Reads this Primary asked the peer for: `ReadRequest` seq → the waiting client read.
+    peer_reads: BTreeMap<u64, peer_read::PeerReadWait>,
+    /// Reads the peer asked this Secondary for: frame key → (`ReadRequest` seq, length).
+    serving_reads: BTreeMap<u64, (u64, u64)>,
     // Resync.
     resync: Option<resync::Resync>,
     /// Resync reads still in flight when their resync ended (the peer was lost): their
@@ -286,6 +292,8 @@ impl Core {
             peer_flushes: Vec::new(),
             resync: None,
             orphan_resync_reads: Vec::new(),
+            peer_reads: BTreeMap::new(),
+            serving_reads: BTreeMap::new(),
             last_resync: None,
             sync_paused_here: false,
             sync_paused_by_peer: false,
@@ -340,6 +348,11 @@ impl Core {
                 self.last_rx_ms = now_ms;
                 self.on_peer_message(seq, msg);
             }
+            Input::ReadFromPeer {
+                id,
+                offset_bytes,
+                len_bytes,
+            } => self.start_read_from_peer(id, offset_bytes, len_bytes),
             Input::LocalDone { io, ok } => {
                 self.on_local_done(io, ok);
                 if !ok {
@@ -381,6 +394,13 @@ impl Core {
         }
         match msg {
             PeerMsg::Ping => self.send_meta(PeerMsg::PingAck),
+            PeerMsg::ReadRequest {
+                offset_bytes,
+                len_bytes,
+            } => self.on_peer_read_request(seq, offset_bytes, len_bytes),
+            PeerMsg::ReadReply { .. } | PeerMsg::ReadFailed { .. } => {
+                self.on_peer_read_answer(seq, msg)
+            }
             PeerMsg::PingAck => self.ping_sent_ms = None,
             PeerMsg::State(view) => self.on_peer_state(view),
             PeerMsg::RecvAck { .. }
@@ -419,6 +439,7 @@ impl Core {
             LocalIo::Peer(seq) | LocalIo::ResyncWrite(seq) => self.peer_write_done(seq, ok),
             LocalIo::PeerFlush(flush_id) => self.peer_flush_done(flush_id, ok),
             LocalIo::ResyncRead(offset) => self.step_sync_source_read_done(offset, ok),
+            LocalIo::PeerRead(seq) => self.peer_read_done(seq, ok),
             LocalIo::RoleFlush => {
                 self.demote_flush_pending = false;
                 if ok {

@@ -441,7 +441,10 @@ impl Core {
             .values()
             .filter(|f| f.peer_waiting)
             .map(|f| f.sent_ms);
-        writes.chain(flushes).min()
+        writes
+            .chain(flushes)
+            .chain(self.oldest_peer_read_ms())
+            .min()
     }
 }
 

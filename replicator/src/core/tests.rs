@@ -70,6 +70,11 @@ struct Node {
     fail_writes: bool,
     /// The metadata of the last `Action::Detach`.
     detached: Option<MetaState>,
+    /// Local reads fail (EIO).
+    fail_reads: bool,
+    peer_read_bufs: HashMap<u64, Vec<u8>>,
+    /// Answers to `Input::ReadFromPeer`.
+    reads_done: Vec<(u64, Result<Vec<u8>, IoFailure>)>,
 }
 
 impl Node {
@@ -88,6 +93,9 @@ impl Node {
             events: Vec::new(),
             fail_writes: false,
             detached: None,
+            fail_reads: false,
+            peer_read_bufs: HashMap::new(),
+            reads_done: Vec::new(),
         }
     }
 
@@ -96,6 +104,7 @@ impl Node {
             DataSource::Client(id) => self.client_bufs[&id].clone(),
             DataSource::Frame(seq) => self.frame_bufs[&seq].clone(),
             DataSource::ResyncRead(off) => self.read_bufs[&off].clone(),
+            DataSource::PeerRead(key) => self.peer_read_bufs[&key].clone(),
         }
     }
 }
@@ -146,9 +155,9 @@ impl Pair {
                     self.resync_sent[i] += len_bytes;
                 }
                 let payload = match msg {
-                    PeerMsg::Data { source, .. } | PeerMsg::ResyncData { source, .. } => {
-                        Some(self.n[i].bytes(source))
-                    }
+                    PeerMsg::Data { source, .. }
+                    | PeerMsg::ResyncData { source, .. }
+                    | PeerMsg::ReadReply { source, .. } => Some(self.n[i].bytes(source)),
                     PeerMsg::Bitmap {
                         first_bit,
                         bit_count,
@@ -166,6 +175,14 @@ impl Pair {
             Action::Release(_) | Action::Persist(_) => {}
             Action::Event(e) => self.n[i].events.push(e),
             Action::Detach { meta } => self.n[i].detached = Some(meta),
+            Action::ReadDone { id, result } => {
+                let n = &mut self.n[i];
+                let r = result.map(|src| match src {
+                    DataSource::Frame(key) => n.frame_bufs.remove(&key).expect("read payload"),
+                    other => panic!("a peer read's data is a frame, not {other:?}"),
+                });
+                n.reads_done.push((id, r));
+            }
         }
     }
 
@@ -258,7 +275,9 @@ impl Pair {
                     let payload_copy = payload.clone();
                     if let Some(p) = payload {
                         match msg {
-                            PeerMsg::Data { .. } | PeerMsg::ResyncData { .. } => {
+                            PeerMsg::Data { .. }
+                            | PeerMsg::ResyncData { .. }
+                            | PeerMsg::ReadReply { .. } => {
                                 let key = self.n[i].core.frame_key(seq);
                                 self.n[i].frame_bufs.insert(key, p);
                             }
@@ -324,9 +343,16 @@ impl Pair {
                 offset_bytes,
                 len_bytes,
             } => {
+                if n.fail_reads {
+                    return self.step(i, Input::LocalDone { io, ok: false });
+                }
                 let data =
                     n.disk[offset_bytes as usize..(offset_bytes + len_bytes) as usize].to_vec();
-                n.read_bufs.insert(offset_bytes, data);
+                if let LocalIo::PeerRead(key) = io {
+                    n.peer_read_bufs.insert(key, data);
+                } else {
+                    n.read_bufs.insert(offset_bytes, data);
+                }
             }
             LocalOp::Flush => {}
             LocalOp::Digest {
@@ -1274,4 +1300,73 @@ fn secondary_write_error_with_pass_on_only_marks() {
     assert_eq!(p.n[1].detached, None);
     assert_eq!(p.n[0].core.connection_state(), ConnectionState::Connected);
     assert_eq!(p.n[0].core.out_of_sync_bytes(), 4096);
+}
+
+// PROTOCOL.md §5.7: the Primary's failed read is served from the peer's copy when it is
+// current; otherwise EIO — never wrong data.
+#[test]
+fn primary_read_error_is_served_from_the_peer_or_fails_cleanly() {
+    let mut p = Pair::synced(ReplicationProtocol::C);
+    let id = p.write(0, 8192, pattern(9, 4096));
+    p.settle();
+    p.step(0, Input::Tick);
+    p.settle();
+    assert_eq!(p.acked(0, id), Some(Ok(())));
+    // The peer's copy is current: the read comes from it.
+    p.step(
+        0,
+        Input::ReadFromPeer {
+            id: 100,
+            offset_bytes: 8192,
+            len_bytes: 4096,
+        },
+    );
+    p.settle();
+    let got = p.n[0].reads_done.pop().expect("answered");
+    assert_eq!(got, (100, Ok(pattern(9, 4096))));
+    // A range marked out of sync: the peer's copy may be old, so EIO.
+    p.cut();
+    let id2 = p.write(0, 16384, pattern(10, 4096));
+    p.settle();
+    assert_eq!(p.acked(0, id2), Some(Ok(())));
+    p.heal();
+    p.hold_local[1] = true;
+    p.settle();
+    p.step(
+        0,
+        Input::ReadFromPeer {
+            id: 101,
+            offset_bytes: 16384,
+            len_bytes: 4096,
+        },
+    );
+    p.settle();
+    assert_eq!(p.n[0].reads_done.pop(), Some((101, Err(IoFailure::Io))));
+    p.hold_local[1] = false;
+    p.settle();
+    // The peer cannot read either: EIO.
+    p.n[1].fail_reads = true;
+    p.n[1].core.cfg.on_io_error_detach = false;
+    p.step(
+        0,
+        Input::ReadFromPeer {
+            id: 102,
+            offset_bytes: 0,
+            len_bytes: 4096,
+        },
+    );
+    p.settle();
+    assert_eq!(p.n[0].reads_done.pop(), Some((102, Err(IoFailure::Io))));
+    // Peer gone: EIO at once.
+    p.cut();
+    p.settle();
+    p.step(
+        0,
+        Input::ReadFromPeer {
+            id: 103,
+            offset_bytes: 0,
+            len_bytes: 4096,
+        },
+    );
+    assert_eq!(p.n[0].reads_done.pop(), Some((103, Err(IoFailure::Io))));
 }

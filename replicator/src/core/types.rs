@@ -29,6 +29,8 @@ pub enum LocalIo {
     ResyncDigest(u64),
     /// A digest on the SyncTarget for the peer's CsumRequest, by the request frame's key.
     PeerCsumDigest(u64),
+    /// Secondary: a read for the Primary (`ReadRequest` seq, PROTOCOL.md §5.7).
+    PeerRead(u64),
 }
 
 /// Where the bytes of a local write or an outgoing data frame come from. The driver holds the
@@ -41,6 +43,8 @@ pub enum DataSource {
     Frame(u64),
     /// The buffer of a completed resync read (by offset).
     ResyncRead(u64),
+    /// The buffer of `LocalIo::PeerRead(seq)`.
+    PeerRead(u64),
 }
 
 /// A local disk operation.
@@ -229,6 +233,22 @@ pub enum PeerMsg {
         offset_bytes: u64,
         len_bytes: u64,
     },
+    /// Primary → Secondary: read this range for me, my own read failed (§4.30). Request id =
+    /// seq.
+    ReadRequest {
+        offset_bytes: u64,
+        len_bytes: u64,
+    },
+    /// The data of a `ReadRequest`.
+    ReadReply {
+        request_id: u64,
+        len_bytes: u64,
+        source: DataSource,
+    },
+    /// The peer could not read the range either.
+    ReadFailed {
+        request_id: u64,
+    },
 }
 
 impl PeerMsg {
@@ -355,6 +375,12 @@ pub enum Action {
     Event(Event),
     /// The answer to an `Input::Admin`.
     AdminReply(Result<(), String>),
+    /// The answer to an `Input::ReadFromPeer`: the data (a received frame's payload, which the
+    /// driver hands to the client and then drops) or EIO.
+    ReadDone {
+        id: u64,
+        result: Result<DataSource, IoFailure>,
+    },
 }
 
 /// Progress (or result) of an online verify, for status.
@@ -421,6 +447,13 @@ pub enum Input {
     PeerMessage {
         seq: u64,
         msg: PeerMsg,
+    },
+    /// The driver's local read of an application read failed (Primary): serve it from the
+    /// peer if its copy is current (PROTOCOL.md §5.7); answered by `Action::ReadDone`.
+    ReadFromPeer {
+        id: u64,
+        offset_bytes: u64,
+        len_bytes: u64,
     },
     PeerLost {
         reason: String,

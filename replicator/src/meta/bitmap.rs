@@ -104,6 +104,18 @@ impl Bitmap {
         );
     }
 
+    /// True if any bit touching `[offset_bytes, offset_bytes + len_bytes)` is set. Panics if the
+    /// range leaves the data region.
+    pub fn any_set(&self, offset_bytes: u64, len_bytes: u64) -> bool {
+        self.check_range(offset_bytes, len_bytes);
+        if len_bytes == 0 {
+            return false;
+        }
+        let first = offset_bytes / self.bytes_per_bit;
+        let end = (offset_bytes + len_bytes - 1) / self.bytes_per_bit + 1;
+        (first..end).any(|b| self.is_set(b))
+    }
+
     /// Sets every bit touching `[offset_bytes, offset_bytes + len_bytes)`. Panics if the range
     /// leaves the data region.
     pub fn set_range(&mut self, offset_bytes: u64, len_bytes: u64) {

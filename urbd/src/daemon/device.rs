@@ -9,7 +9,7 @@ use urbd_replicator::core::IoFailure;
 use urbd_replicator::disk::{IoBuf, LocalDisk};
 
 use super::engine::{ClientOp, EngineInput};
-use crate::serve::{block_status_of, device_error};
+use crate::serve::block_status_of;
 
 pub struct ReplicatedDevice {
     pub disk: Arc<LocalDisk>,
@@ -61,7 +61,41 @@ impl BlockDevice for ReplicatedDevice {
     }
 
     async fn read(&self, offset: u64, buf: IoBuf) -> Result<IoBuf, DeviceError> {
-        self.disk.read(offset, buf).await.map_err(device_error)
+        let len = buf.len();
+        let local = match self.disk.read(offset, buf).await {
+            Ok(buf) => return Ok(buf),
+            Err(e) => e,
+        };
+        // PROTOCOL.md §5.7: the peer's copy, if it is current; otherwise EIO, never wrong data.
+        tracing::warn!("{local}; asking the peer for the range");
+        let mut out = self.disk.alloc(len);
+        let piece_max = (self.write_chunk_bytes as usize)
+            .min(urbd_replicator::core::PEER_READ_BYTES_MAX as usize)
+            .max(1);
+        let mut at = 0;
+        while at < len {
+            let n = piece_max.min(len - at);
+            let (done, wait) = oneshot::channel();
+            let input = EngineInput::ReadFromPeer {
+                offset_bytes: offset + at as u64,
+                len_bytes: n as u64,
+                done,
+            };
+            let gone = || DeviceError::new(Errno::Shutdown, "the resource is going down");
+            self.engine.send(input).await.map_err(|_| gone())?;
+            let data = wait.await.map_err(|_| gone())?.map_err(|_| {
+                DeviceError::new(
+                    Errno::Io,
+                    "the read failed on this node's disk and the peer could not serve it",
+                )
+            })?;
+            if data.len() != n {
+                return Err(DeviceError::new(Errno::Io, "the peer sent a short read"));
+            }
+            out.as_mut()[at..at + n].copy_from_slice(&data);
+            at += n;
+        }
+        Ok(out)
     }
 
     async fn write(&self, offset: u64, buf: IoBuf, fua: bool) -> Result<(), DeviceError> {

@@ -54,6 +54,12 @@ pub enum EngineInput {
         done: oneshot::Sender<Result<(), String>>,
     },
     Detach,
+    /// The local read of this range failed: serve it from the peer (PROTOCOL.md §5.7).
+    ReadFromPeer {
+        offset_bytes: u64,
+        len_bytes: u64,
+        done: oneshot::Sender<Result<Bytes, IoFailure>>,
+    },
     LocalDone {
         io: LocalIo,
         ok: bool,
@@ -124,6 +130,10 @@ pub struct Engine {
     /// on-io-error = detach happened: the disk is no longer used (local I/O fails at once,
     /// metadata is not written) until the daemon is restarted (`down` + `up`).
     detached: bool,
+    /// Reads served to the peer (`LocalIo::PeerRead`), until sent.
+    peer_read_bufs: HashMap<u64, IoBuf>,
+    /// Application reads waiting for the peer's copy.
+    read_waiters: HashMap<u64, oneshot::Sender<Result<Bytes, IoFailure>>>,
 }
 
 impl Engine {
@@ -168,6 +178,8 @@ impl Engine {
             was_sync_target: false,
             held: std::collections::VecDeque::new(),
             detached: false,
+            peer_read_bufs: HashMap::new(),
+            read_waiters: HashMap::new(),
         }
     }
 
@@ -287,9 +299,29 @@ impl Engine {
             }
             EngineInput::Attach { done } => self.attach(done),
             EngineInput::Detach => self.step(Input::ClientDetached),
+            EngineInput::ReadFromPeer {
+                offset_bytes,
+                len_bytes,
+                done,
+            } => {
+                let id = self.next_client_id;
+                self.next_client_id += 1;
+                self.read_waiters.insert(id, done);
+                self.step(Input::ReadFromPeer {
+                    id,
+                    offset_bytes,
+                    len_bytes,
+                });
+            }
             EngineInput::LocalDone { io, ok, buf } => {
-                if let (LocalIo::ResyncRead(offset), Some(buf)) = (io, buf) {
-                    self.read_bufs.insert(offset, buf);
+                match (io, buf) {
+                    (LocalIo::PeerRead(key), Some(buf)) => {
+                        self.peer_read_bufs.insert(key, buf);
+                    }
+                    (LocalIo::ResyncRead(offset), Some(buf)) => {
+                        self.read_bufs.insert(offset, buf);
+                    }
+                    _ => {}
                 }
                 self.step(Input::LocalDone { io, ok });
             }
@@ -481,7 +513,17 @@ impl Engine {
                 DataSource::Client(id) => drop(self.client_bufs.remove(&id)),
                 DataSource::Frame(key) => drop(self.frame_bufs.remove(&key)),
                 DataSource::ResyncRead(off) => drop(self.read_bufs.remove(&off)),
+                DataSource::PeerRead(key) => drop(self.peer_read_bufs.remove(&key)),
             },
+            Action::ReadDone { id, result } => {
+                let data = result.map(|source| match source {
+                    DataSource::Frame(key) => self.frame_bufs.remove(&key).unwrap_or_default(),
+                    other => unreachable!("a peer read's data is a received frame, not {other:?}"),
+                });
+                if let Some(done) = self.read_waiters.remove(&id) {
+                    let _ = done.send(data);
+                }
+            }
             Action::Event(e) => self.publish(&e),
             Action::AdminReply(r) => match self.admin.take() {
                 Some(AdminWaiter::Control(done)) => {
@@ -506,6 +548,7 @@ impl Engine {
             DataSource::Client(id) => Bytes::copy_from_slice(self.client_bufs[&id].as_ref()),
             DataSource::Frame(key) => self.frame_bufs[&key].clone(),
             DataSource::ResyncRead(off) => Bytes::copy_from_slice(self.read_bufs[&off].as_ref()),
+            DataSource::PeerRead(key) => Bytes::copy_from_slice(self.peer_read_bufs[&key].as_ref()),
         }
     }
 
@@ -525,6 +568,15 @@ impl Engine {
                         bits,
                     },
                 )]
+            }
+            PeerMsg::ReadReply {
+                source: DataSource::PeerRead(key),
+                ..
+            } => {
+                // Sent once: the buffer goes with it.
+                let frames = wire::to_wire(msg, |src| self.payload(src));
+                self.peer_read_bufs.remove(&key);
+                frames
             }
             msg => wire::to_wire(msg, |src| self.payload(src)),
         };
@@ -581,8 +633,8 @@ impl Engine {
                         buf.as_mut().copy_from_slice(&bytes);
                         buf
                     }
-                    DataSource::ResyncRead(_) => {
-                        unreachable!("resync reads are not written locally")
+                    DataSource::ResyncRead(_) | DataSource::PeerRead(_) => {
+                        unreachable!("reads are not written locally")
                     }
                 };
                 assert_eq!(buf.len() as u64, len_bytes);

@@ -3,9 +3,10 @@
 
 use bytes::Bytes;
 use urbd_protocol::{
-    BlockRange, CsumRequest, Data, GenerationUuids, Message, NegAck, RangeWrite, ResyncData,
-    ResyncStart, State, StateChange, StateChangeOutcome, StateChangeRefusal, StateChangeReply,
-    StateFlags, VerifyReply, VerifyRequest, VerifyStart, WriteErrorCode, WriteFlags,
+    BlockRange, CsumRequest, Data, GenerationUuids, Message, NegAck, RangeWrite, ReadReply,
+    ResyncData, ResyncStart, State, StateChange, StateChangeOutcome, StateChangeRefusal,
+    StateChangeReply, StateFlags, VerifyReply, VerifyRequest, VerifyStart, WriteErrorCode,
+    WriteFlags,
 };
 use urbd_replicator::core::{DataSource, PeerMsg, PeerView};
 
@@ -64,6 +65,17 @@ pub fn to_wire(msg: PeerMsg, payload: impl FnOnce(DataSource) -> Bytes) -> Vec<M
             data: payload(source),
         })),
         PeerMsg::ResyncDone => one(Message::ResyncDone),
+        PeerMsg::ReadRequest {
+            offset_bytes,
+            len_bytes,
+        } => one(Message::ReadRequest(block_range(offset_bytes, len_bytes))),
+        PeerMsg::ReadReply {
+            request_id, source, ..
+        } => one(Message::ReadReply(ReadReply {
+            request_id,
+            data: payload(source),
+        })),
+        PeerMsg::ReadFailed { request_id } => one(Message::ReadFailed { request_id }),
         PeerMsg::SyncUuid { uuid } => one(Message::SyncUuid { uuid }),
         PeerMsg::PromoteRequest => one(Message::StateChange(StateChange {
             role: Some(urbd_protocol::Role::Primary),
@@ -140,7 +152,8 @@ pub fn to_wire(msg: PeerMsg, payload: impl FnOnce(DataSource) -> Bytes) -> Vec<M
 fn block_range(offset_bytes: u64, len_bytes: u64) -> BlockRange {
     BlockRange {
         offset_bytes,
-        length_bytes: u32::try_from(len_bytes).expect("verify and csum blocks are small"),
+        length_bytes: u32::try_from(len_bytes)
+            .expect("verify, csum and peer-read blocks are small"),
     }
 }
 
@@ -217,6 +230,18 @@ pub fn from_wire(msg: Message, pending_sync_uuid: &mut Option<u64>) -> Vec<Incom
             ));
             return out;
         }
+        Message::ReadReply(r) => {
+            let len_bytes = r.data.len() as u64;
+            out.push(Incoming::WithPayload(
+                PeerMsg::ReadReply {
+                    request_id: r.request_id,
+                    len_bytes,
+                    source: DataSource::Frame(0),
+                },
+                r.data,
+            ));
+            return out;
+        }
         Message::BitmapChunk(c) => {
             out.push(Incoming::Bitmap {
                 first_bit: c.first_bit,
@@ -280,6 +305,11 @@ pub fn from_wire(msg: Message, pending_sync_uuid: &mut Option<u64>) -> Vec<Incom
             offset_bytes: r.offset_bytes,
             len_bytes: u64::from(r.length_bytes),
         },
+        Message::ReadRequest(r) => PeerMsg::ReadRequest {
+            offset_bytes: r.offset_bytes,
+            len_bytes: u64::from(r.length_bytes),
+        },
+        Message::ReadFailed { request_id } => PeerMsg::ReadFailed { request_id },
         _ => {
             out.push(Incoming::Ignore("message type not used by this version"));
             return out;
