@@ -115,6 +115,19 @@ struct ConnState {
     alive: AtomicUsize,
     /// Per-connection stall, per direction ([`ProxyHandle::stall_connection`]).
     stall: [AtomicBool; 2],
+    /// Bytes forwarded on this connection, per direction.
+    forwarded: [AtomicU64; 2],
+    /// Number of the connection (1 = first accepted).
+    id: u64,
+}
+
+/// An open connection through a proxy ([`ProxyHandle::connections`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Number of the connection (1 = first accepted), for [`ProxyHandle::stall_connection`].
+    pub id: u64,
+    /// Bytes forwarded on it, `[to-target, to-client]`.
+    pub forwarded: [u64; 2],
 }
 
 enum Msg {
@@ -269,18 +282,40 @@ impl ProxyHandle {
         self.update(|f| f.stall[dir.idx()] = on);
     }
 
-    /// Stall (or resume) `dir` of one open connection only: the `index`-th in the order they
-    /// were accepted (a urbd peer link opens its data socket first, then its meta socket).
-    /// False if there is no such open connection.
-    pub fn stall_connection(&self, index: usize, dir: Dir, on: bool) -> bool {
+    /// The open connections, in the order they were accepted (a urbd peer link opens its data
+    /// socket first, then its meta socket).
+    pub fn connections(&self) -> Vec<ConnInfo> {
         let mut conns = lock(&self.shared.conns);
         conns.retain(|c| !c.state.dead.load(Ordering::SeqCst));
-        match conns.get(index) {
+        conns
+            .iter()
+            .map(|c| ConnInfo {
+                id: c.state.id,
+                forwarded: [0, 1].map(|d| c.state.forwarded[d].load(Ordering::SeqCst)),
+            })
+            .collect()
+    }
+
+    /// Stall (or resume) `dir` of the open connection `id` only ([`ProxyHandle::connections`]).
+    /// False if there is no such open connection.
+    pub fn stall_connection(&self, id: u64, dir: Dir, on: bool) -> bool {
+        let mut conns = lock(&self.shared.conns);
+        conns.retain(|c| !c.state.dead.load(Ordering::SeqCst));
+        match conns.iter().find(|c| c.state.id == id) {
             Some(c) => {
                 c.state.stall[dir.idx()].store(on, Ordering::SeqCst);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Resume every stalled connection ([`ProxyHandle::stall_connection`]).
+    pub fn unstall_connections(&self) {
+        for c in lock(&self.shared.conns).iter() {
+            for s in &c.state.stall {
+                s.store(false, Ordering::SeqCst);
+            }
         }
     }
 
@@ -462,18 +497,19 @@ fn start_conn(sh: &Arc<Shared>, client: TcpStream) {
         sh.refused.fetch_add(1, Ordering::SeqCst);
         return;
     };
-    sh.accepted.fetch_add(1, Ordering::SeqCst);
+    let id = sh.accepted.fetch_add(1, Ordering::SeqCst) + 1;
     let state = Arc::new(ConnState {
         dead: AtomicBool::new(false),
         alive: AtomicUsize::new(4),
         stall: Default::default(),
+        forwarded: Default::default(),
+        id,
     });
     lock(&sh.conns).push(Conn {
         client: c_reg,
         upstream: u_reg,
         state: state.clone(),
     });
-    let id = sh.accepted.load(Ordering::SeqCst);
     let mut spawned = Vec::new();
     for (dir, src, dst) in [
         (Dir::ToTarget, c_read, u_write),
@@ -648,6 +684,7 @@ fn writer(sh: &Shared, st: &ConnState, dir: Dir, mut dst: TcpStream, rx: Receive
                 return;
             }
             sh.forwarded[d].fetch_add(part.len() as u64, Ordering::SeqCst);
+            st.forwarded[d].fetch_add(part.len() as u64, Ordering::SeqCst);
         }
     }
 }
@@ -1039,12 +1076,15 @@ mod tests {
         assert_eq!(echo(&mut c0, b"0"), b"0");
         let mut c1 = client(&p);
         assert_eq!(echo(&mut c1, b"1"), b"1");
-        assert!(p.stall_connection(0, Dir::ToClient, true));
-        assert!(!p.stall_connection(2, Dir::ToClient, true));
+        let conns = p.connections();
+        assert_eq!(conns.len(), 2);
+        assert_eq!(conns[0].forwarded, [1, 1]);
+        assert!(p.stall_connection(conns[0].id, Dir::ToClient, true));
+        assert!(!p.stall_connection(99, Dir::ToClient, true));
         c0.write_all(b"held").unwrap();
         assert_eq!(echo(&mut c1, b"free"), b"free");
         assert_eq!(poll_read(&mut c0, Duration::from_millis(300)), Ok(None));
-        assert!(p.stall_connection(0, Dir::ToClient, false));
+        p.unstall_connections();
         let mut back = [0u8; 4];
         c0.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"held");
