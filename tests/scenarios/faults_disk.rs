@@ -275,3 +275,89 @@ fn s6b_primary_read_errors_served_by_the_peer_or_eio() {
         ),
     );
 }
+
+/// Reads and counts the connection-loss lines of `node`'s log.
+fn peer_losses(pair: &Pair, node: Node) -> usize {
+    pair.log(node).matches("peer lost:").count()
+}
+
+#[test]
+fn s6c_slow_secondary_disk_never_stalls_the_primary() {
+    let seed = report::seed();
+    let (pair, plans) = pair_with_fault_plans();
+    let mut c = RawClient::connect_go(&pair.nbd_addr(Alpha), RES);
+    let mut cookie = 1;
+    let losses0 = peer_losses(&pair, Alpha);
+
+    // Slow, below timeout-ms (4 s in the tests): writes are slower, the link stays up.
+    std::fs::write(&plans[1], "write-delay-ms 300\n").unwrap();
+    let t0 = Instant::now();
+    for b in 0..8u64 {
+        c.write(cookie, b * BLOCK, &block_data(seed, b))
+            .expect("a write with a slow peer disk");
+        cookie += 1;
+    }
+    let slow_ms = t0.elapsed().as_millis() / 8;
+    assert!(
+        slow_ms >= 250,
+        "protocol C waits for the peer's (slow) disk: {slow_ms} ms per write"
+    );
+    assert_eq!(
+        peer_losses(&pair, Alpha),
+        losses0,
+        "no disconnect while the peer's disk is slow but within timeout-ms:\n{}",
+        pair.logs_tail(20)
+    );
+
+    // Hung, beyond timeout-ms: the Primary drops the peer and goes on alone.
+    std::fs::write(&plans[1], "write-delay-ms 8000\n").unwrap();
+    let t1 = Instant::now();
+    c.write(cookie, 64 * BLOCK, &block_data(seed, 64))
+        .expect("a write while the peer's disk hangs completes once the peer is dropped");
+    cookie += 1;
+    let stalled_s = t1.elapsed().as_secs_f64();
+    assert!(
+        stalled_s < 8.0,
+        "the Primary did not wait for the hung disk: {stalled_s:.1} s"
+    );
+    assert!(
+        pair.log(Alpha)
+            .contains("peer did not answer a request within timeout-ms"),
+        "alpha names why it dropped the peer:\n{}",
+        pair.logs_tail(20)
+    );
+    let t2 = Instant::now();
+    for b in 65..72u64 {
+        c.write(cookie, b * BLOCK, &block_data(seed, b))
+            .expect("writes go on");
+        cookie += 1;
+    }
+    let alone_ms = t2.elapsed().as_millis() / 7;
+
+    // The disk recovers: reconnect, resync, identical.
+    std::fs::remove_file(&plans[1]).unwrap();
+    let t3 = Instant::now();
+    wait_in_sync(&pair, Alpha, Duration::from_secs(90));
+    let converge_s = t3.elapsed().as_secs_f64();
+    for b in (0..8u64).chain(64..72) {
+        let got = c.read(cookie, b * BLOCK, BLOCK as u32).expect("read");
+        cookie += 1;
+        assert!(
+            got == block_data(seed, b),
+            "block {b} reads back as acknowledged"
+        );
+    }
+    c.disconnect();
+    pair.down_both();
+    pair.assert_data_identical();
+    report::scenario(
+        "6c slow and hung Secondary disk",
+        "a slow peer disk (below timeout-ms) causes no disconnect; a hung one is dropped after \
+         timeout-ms and the Primary goes on; after recovery the pair converges, disks identical",
+        &format!(
+            "{slow_ms} ms per write with a 300 ms peer disk, the write behind a hung peer disk \
+             took {stalled_s:.1} s, then {alone_ms} ms per write alone, in sync {converge_s:.1} s \
+             after the disk recovered"
+        ),
+    );
+}
