@@ -1,5 +1,6 @@
 //! The connector: listener task, dialing, pairing of data and meta sockets, the collision rule
-//! (PROTOCOL.md §1.3) and the `Params`/`State` exchange (§3.1, §3.4).
+//! (PROTOCOL.md §1.3) and the `Params`/`State` exchange with the decider's confirmation (§3.1,
+//! §3.4).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -422,8 +423,30 @@ fn read_failed(e: ReadError) -> ExchangeError {
     ExchangeError::Failed(e.describe("data"))
 }
 
-/// `Params` then `State` on the data socket, both ways (§3.1). The decider sends first; the
-/// follower waits for the decider's `Params`, which tells it the decider chose this pair.
+async fn recv_state(data: &mut Authenticated) -> Result<State, ExchangeError> {
+    match data.conn.recv(false).await.map_err(read_failed)? {
+        Message::State(s) => Ok(s),
+        other => Err(ExchangeError::Failed(format!(
+            "expected {}, got {}",
+            MessageType::State,
+            other.message_type()
+        ))),
+    }
+}
+
+/// `Params` then `State` on the data socket, both ways, then the decider's confirming `State`
+/// (§3.1). The decider sends first; the follower waits for the decider's `Params`, which tells
+/// it the decider chose this pair, and answers.
+///
+/// Neither side acts on a `State` the other no longer stands behind:
+/// - the decider's `State` may have been written long before the follower reads it (the
+///   follower's listener parks pairs while no `connect()` runs, and the decider may have
+///   abandoned the pair since: its bytes are still in the socket). So the follower does not
+///   complete on it: it completes only on the decider's second `State`, which the decider
+///   sends after it received the follower's answer on this pair, i.e. while it is committed
+///   to this pair. A pair the decider abandoned ends in EOF instead;
+/// - the follower's `State` is its answer to the decider's `Params` on this pair, written by
+///   the follower's running `connect()`, so it is current when the decider acts on it.
 async fn exchange(
     shared: Arc<Shared>,
     hello: LocalHello,
@@ -462,17 +485,26 @@ async fn exchange(
             let _ = data.conn.send(&[disconnect]).await;
             return Err(ExchangeError::Incompatible(reason));
         }
-        let peer_state = match data.conn.recv(false).await.map_err(read_failed)? {
-            Message::State(s) => s,
-            other => {
-                return Err(ExchangeError::Failed(format!(
-                    "expected {}, got {}",
-                    MessageType::State,
-                    other.message_type()
-                )))
-            }
-        };
-        Ok((peer_params, peer_state))
+        let peer_state = recv_state(&mut data).await?;
+        if lead {
+            // The confirmation: the follower answered on this pair just now, so its `State`
+            // is current and we commit to this pair.
+            data.conn
+                .send(&[Message::State(hello.state)])
+                .await
+                .map_err(io)?;
+            Ok((peer_params, peer_state))
+        } else {
+            // The first `State` may predate the decider's abandoning this pair; only the
+            // confirmation, sent after our answer, says the decider still stands behind it.
+            let confirmed = recv_state(&mut data).await.map_err(|e| match e {
+                ExchangeError::Failed(reason) => ExchangeError::Failed(format!(
+                    "no confirmation from the peer (it abandoned this connection?): {reason}"
+                )),
+                e => e,
+            })?;
+            Ok((peer_params, confirmed))
+        }
     })
     .await;
     let (peer_params, peer_state): (Params, State) = match result {
@@ -485,7 +517,7 @@ async fn exchange(
         }
         Err(_) => {
             return Err(ExchangeError::Failed(
-                "timed out waiting for the peer's Params/State".into(),
+                "timed out waiting for the peer's Params/State or confirmation".into(),
             ))
         }
     };

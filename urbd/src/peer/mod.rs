@@ -26,9 +26,18 @@
 //! AuthResult seq 3                ──▶◀──  AuthResult seq 3          denied → close
 //! ```
 //!
-//! Then, once both sockets of a pair are authenticated, on the data socket: `Params` (seq 4)
-//! and `State` (seq 5) both ways, so the first engine frame on the data socket has seq 6
-//! ([`Established::data_seq_next`]) and on the meta socket seq 4.
+//! Then, once both sockets of a pair are authenticated, on the data socket:
+//!
+//! ```text
+//! decider (lower name)                    follower
+//! Params seq 4, State seq 5       ──▶
+//!                                 ◀──     Params seq 4, State seq 5   (answer: this pair)
+//! State seq 6 (confirmation)      ──▶                                 (decider commits)
+//!                                         (follower commits)
+//! ```
+//!
+//! so the first engine frame on the data socket has seq 7 from the decider and seq 6 from the
+//! follower ([`Established::data_seq_next`]), and on the meta socket seq 4 from both.
 //!
 //! # Who decides which pair is used (collision rule, §1.3)
 //!
@@ -38,8 +47,16 @@
 //! holds an incoming pair while its own dial is still in progress, it waits for the dial and
 //! keeps its outgoing pair when that succeeds — so when both pairs exist, the lower-named node's
 //! outgoing pair wins on both sides, as §1.3 says. The higher-named node answers on whichever
-//! pair the decider's `Params` arrives and closes the others. Neither side can commit to a pair
-//! the other has abandoned.
+//! pair the decider's `Params` arrives and closes the others.
+//!
+//! Neither side commits to a pair the other has abandoned, nor acts on a `State` the other no
+//! longer stands behind. The decider acts on the follower's `State`, which is the follower's
+//! answer on this very pair from its running `connect()`. The follower does not act on the
+//! decider's first `State`: it may have sat in a parked socket for seconds, written by a
+//! `connect()` the decider has since given up (operator `disconnect`, promotion, writes). It
+//! completes only on the decider's confirming `State`, which the decider writes after it
+//! received the follower's answer and commits to the pair; an abandoned pair ends in EOF
+//! there and is dropped.
 //!
 //! # Listener while connected
 //!
@@ -48,6 +65,8 @@
 //! connected"). While not connected, incoming connections are authenticated even if no
 //! `connect()` is running at that moment and parked for up to `handshake_timeout_ms`, so a peer
 //! that reconnects a little sooner than our engine calls `connect()` again is not turned away.
+//! Whatever the peer wrote into a parked pair may be stale; the confirmation above makes that
+//! harmless (a pair the peer has given up fails instead of completing).
 //! At most [`MAX_PENDING_INCOMING`] unauthenticated connections are handshaking at once; more
 //! are closed immediately.
 //!

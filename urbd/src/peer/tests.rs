@@ -159,8 +159,9 @@ async fn connect_exchange_and_meta_overtakes_data_backlog() {
         ea.peer_params,
         local_hello(Role::Secondary, ReplicationProtocol::C).params
     );
-    // Hello, AuthChallenge, AuthResponse, AuthResult, Params, State: seqs 0..=5.
-    assert_eq!((ea.data_seq_next, eb.data_seq_next), (6, 6));
+    // Hello, AuthChallenge, AuthResponse, AuthResult, Params, State: seqs 0..=5; alpha, the
+    // decider, also sent the confirming State (seq 6).
+    assert_eq!((ea.data_seq_next, eb.data_seq_next), (7, 6));
     assert_eq!((ea.meta_seq_next, eb.meta_seq_next), (4, 4));
     // The lower name's outgoing pair wins when both exist (§1.3); either way both agree.
     assert_eq!(ea.outgoing, !eb.outgoing);
@@ -175,7 +176,7 @@ async fn connect_exchange_and_meta_overtakes_data_backlog() {
             seq,
             msg: Message::Data(d),
         } => {
-            assert_eq!(seq, 6);
+            assert_eq!(seq, 7);
             assert_eq!(d.offset_bytes, 4096);
             assert_eq!(d.data, payload);
         }
@@ -183,15 +184,15 @@ async fn connect_exchange_and_meta_overtakes_data_backlog() {
     }
     // A wrong prediction is refused without sending.
     assert!(matches!(
-        ea.tx.send_data(6, data(0, Bytes::from_static(b"x"))),
+        ea.tx.send_data(7, data(0, Bytes::from_static(b"x"))),
         Err(SendError::SeqMismatch {
-            expected: 6,
-            actual: 7,
+            expected: 7,
+            actual: 8,
             ..
         })
     ));
     assert!(matches!(
-        ea.tx.send_data(7, Message::Ping),
+        ea.tx.send_data(8, Message::Ping),
         Err(SendError::NotDataSocket(_))
     ));
 
@@ -220,7 +221,7 @@ async fn connect_exchange_and_meta_overtakes_data_backlog() {
     const FRAMES: usize = 200;
     let mib = Bytes::from(vec![0xa5; 1 << 20]);
     for i in 0..FRAMES {
-        let seq = 7 + i as u64;
+        let seq = 8 + i as u64;
         ea.tx
             .send_data(seq, data(i as u64 * (1 << 20), mib.clone()))
             .unwrap();
@@ -230,7 +231,7 @@ async fn connect_exchange_and_meta_overtakes_data_backlog() {
     let b_tx = eb.tx.clone();
     let drain = tokio::spawn(async move {
         let mut ping_at = None;
-        let mut next_seq = 7;
+        let mut next_seq = 8;
         while received_in_task.load(Ordering::SeqCst) < FRAMES {
             match next_event(&mut eb.rx).await {
                 PeerEvent::Message {
@@ -459,6 +460,8 @@ async fn raw_beta(
             .send(&[Message::Params(ours.params), Message::State(ours.state)])
             .await
             .unwrap();
+        // Alpha, the decider, confirms after our answer (§3.1).
+        assert!(matches!(data.conn.recv(false).await, Ok(Message::State(_))));
         (data, meta)
     };
     let both = async {
@@ -543,11 +546,11 @@ async fn loss_is_reported_and_reconnect_works() {
     let disconnect = Message::Disconnect(urbd_protocol::Disconnect {
         reason: urbd_protocol::DisconnectReason::Operator,
     });
-    ea.tx.send(disconnect.clone(), Some(6)).unwrap();
+    ea.tx.send(disconnect.clone(), Some(7)).unwrap();
     assert_eq!(
         next_event(&mut eb.rx).await,
         PeerEvent::Message {
-            seq: 6,
+            seq: 7,
             msg: disconnect
         }
     );
@@ -626,4 +629,126 @@ async fn bad_configuration_is_reported() {
             .await,
         Err(ConnectError::NotStarted(_))
     ));
+}
+
+/// A hand-driven "alpha" (the decider) that dials beta, authenticates both sockets and sends
+/// its `Params`/`State` on the data socket (§3.1), as the real one does.
+async fn raw_alpha(b_addr: SocketAddr, hello: LocalHello) -> (Authenticated, Authenticated) {
+    let cfg = checked("alpha", "beta", free_addr(), b_addr);
+    let mut data = handshake::dial(&cfg, ConnectionKind::Data).await.unwrap();
+    let meta = handshake::dial(&cfg, ConnectionKind::Meta).await.unwrap();
+    data.conn
+        .send(&[Message::Params(hello.params), Message::State(hello.state)])
+        .await
+        .unwrap();
+    (data, meta)
+}
+
+// PROTOCOL.md §3.1 confirmation (faults_nodes s5b): the decider dials while the follower is not
+// connecting, the follower's listener parks the pair with the decider's Params/State in it, and
+// the decider gives the pair up (operator disconnect, then promotion and writes). The
+// follower's next connect() must not complete on those stale bytes; nor on a pair the decider
+// leaves after reading the follower's answer, before confirming. A fresh pair then shows the
+// decider's current state.
+#[tokio::test]
+async fn abandoned_pair_is_never_completed_on_the_deciders_stale_state() {
+    let (a_addr, b_addr) = (free_addr(), free_addr());
+    let mut b = Connector::try_start(config("beta", "alpha", b_addr, a_addr, SECRET)).unwrap();
+    let stale = local_hello(Role::Secondary, ReplicationProtocol::C);
+
+    // 1. Parked, then abandoned (FIN after its Params/State) before beta's connect() starts.
+    let (mut data, _meta) = raw_alpha(b_addr, stale).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // beta's listener parks the pair
+    data.conn.stream.shutdown().await.unwrap();
+    let watch = async {
+        // Beta takes the parked pair and answers the stale Params ...
+        assert!(matches!(
+            data.conn.recv(false).await,
+            Ok(Message::Params(_))
+        ));
+        assert!(matches!(data.conn.recv(false).await, Ok(Message::State(_))));
+        // ... and closes it when the confirmation does not come.
+        assert!(matches!(
+            data.conn.recv(false).await,
+            Err(ReadError::Eof | ReadError::Io(_))
+        ));
+    };
+    let (r, watched) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_millis(1000),
+            b.connect(local_hello(Role::Primary, ReplicationProtocol::C)),
+        ),
+        tokio::time::timeout(WAIT, watch)
+    );
+    assert!(
+        r.is_err(),
+        "beta completed on an abandoned parked pair: {r:?}"
+    );
+    watched.expect("beta answered on the parked pair, then closed it");
+
+    // 2. Beta connecting; alpha reads beta's answer and leaves without confirming.
+    let raw = async {
+        let (mut data, meta) = raw_alpha(b_addr, stale).await;
+        assert!(matches!(
+            data.conn.recv(false).await,
+            Ok(Message::Params(_))
+        ));
+        assert!(matches!(data.conn.recv(false).await, Ok(Message::State(_))));
+        drop((data, meta));
+    };
+    let (r, ()) = tokio::join!(
+        tokio::time::timeout(
+            Duration::from_millis(1500),
+            b.connect(local_hello(Role::Primary, ReplicationProtocol::C)),
+        ),
+        raw
+    );
+    assert!(r.is_err(), "beta completed without the confirmation: {r:?}");
+    assert_eq!(PeerStats::get(&b.stats().established), 0);
+
+    // 3. The real alpha, now Primary: beta sees that state, not the stale one.
+    let mut a = Connector::try_start(config("alpha", "beta", a_addr, b_addr, SECRET)).unwrap();
+    let (ea, eb) = connect_both(&mut a, &mut b).await;
+    assert_eq!(eb.peer_state.role, Role::Primary);
+    assert_eq!(eb.peer_state.dirty_bits, 7);
+    assert_eq!(ea.peer_state.role, Role::Secondary);
+}
+
+// §3.1: a parked pair of a decider that is still there is used (a peer reconnecting before our
+// engine calls connect() is not turned away), and the follower completes on the confirming
+// State, the decider's state when it committed.
+#[tokio::test]
+async fn parked_pair_of_a_live_decider_completes_on_its_confirmation() {
+    let b_addr = free_addr();
+    let mut b = Connector::try_start(config("beta", "alpha", b_addr, free_addr(), SECRET)).unwrap();
+    let first = local_hello(Role::Secondary, ReplicationProtocol::C);
+    let (mut data, _meta) = raw_alpha(b_addr, first).await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // parked
+    let raw = async {
+        assert!(matches!(
+            data.conn.recv(false).await,
+            Ok(Message::Params(_))
+        ));
+        let Ok(Message::State(theirs)) = data.conn.recv(false).await else {
+            panic!("expected beta's State");
+        };
+        let mut confirmed = first.state;
+        confirmed.dirty_bits = 3;
+        data.conn.send(&[Message::State(confirmed)]).await.unwrap();
+        theirs
+    };
+    let (eb, theirs) = tokio::time::timeout(WAIT, async {
+        tokio::join!(
+            b.connect(local_hello(Role::Primary, ReplicationProtocol::C)),
+            raw
+        )
+    })
+    .await
+    .expect("in time");
+    let eb = eb.expect("beta connects on the parked pair");
+    assert_eq!(theirs.role, Role::Primary);
+    assert!(!eb.outgoing);
+    assert_eq!(eb.peer_state.dirty_bits, 3, "the confirming State counts");
+    assert_eq!(eb.data_seq_next, 6);
+    assert_eq!(data.conn.send_seq, 7);
 }
