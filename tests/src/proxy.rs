@@ -33,8 +33,10 @@
 //! [`ProxiedPair`]: a [`Pair`] where alpha sees beta at proxy `ab` (→ beta's real port) and beta
 //! sees alpha at proxy `ba` (→ alpha's real port). Each daemon dials the peer (both its TCP
 //! sockets, data and meta, go through the proxy it dials) and the collision rule (PROTOCOL.md
-//! §1.3) keeps alpha's outgoing pair, so an established link normally runs through `ab`; faults
-//! meant as a partition go on both proxies (see [`ProxiedPair::partition`]).
+//! §1.3) keeps one pair: the link runs through `ab` or `ba` depending on who got through first
+//! (both happen), so faults meant as a partition go on both proxies
+//! ([`ProxiedPair::partition`], [`ProxiedPair::partition_one_way`]), and
+//! [`ProxyHandle::connections`] tells which proxy carries the link.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
