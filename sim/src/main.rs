@@ -71,12 +71,14 @@ fn main() -> ExitCode {
     };
     let t0 = Instant::now();
     let mut reckless = 0;
+    let mut unrelated = 0;
     for seed in first..first + count {
         let r = run(&Options {
             seed,
             ..opts.clone()
         });
         reckless += r.reckless_promotions;
+        unrelated += r.unrelated_after_reckless;
         if one.is_some() || !r.violations.is_empty() {
             if opts.trace {
                 for line in &r.trace {
@@ -86,7 +88,8 @@ fn main() -> ExitCode {
             println!(
                 "seed {seed}: protocol {}, {} events, {} ms simulated, {} crashes, {} writes and \
                  {} flushes acked, {} corrupted frames rejected, {} split brains, {} reckless \
-                 promotions, {} disks detached and re-attached",
+                 promotions, {} disks detached and re-attached, {} failed reads served by the peer \
+                 ({} EIO)",
                 r.protocol,
                 r.events,
                 r.end_ms,
@@ -96,7 +99,9 @@ fn main() -> ExitCode {
                 r.frames_rejected,
                 r.split_brains,
                 r.reckless_promotions,
-                r.reattaches
+                r.reattaches,
+                r.peer_reads_served,
+                r.peer_reads_failed
             );
         }
         if !r.violations.is_empty() {
@@ -117,7 +122,10 @@ fn main() -> ExitCode {
     }
     let secs = t0.elapsed().as_secs_f64();
     if opts.reckless {
-        println!("reckless promotions (operator-caused, not violations): {reckless}");
+        println!(
+            "reckless promotions (operator-caused, not violations): {reckless}; runs ending with \
+             unrelated generations after them: {unrelated}"
+        );
     }
     println!(
         "seeds: {count}, violations: 0 ({:.1} s, {:.1} seeds/s)",

@@ -188,6 +188,37 @@ impl Oracle {
     }
 
     /// Where each sector's floor stands (for traces).
+    /// As [`Oracle::check`], against a floor taken earlier (a read asked then, answered now).
+    pub fn check_floor(&self, sector: usize, v: Value, floor: u64) -> Result<(), String> {
+        let h = &self.hist[sector];
+        match v {
+            Value::Garbage => Err(format!(
+                "sector {sector}: data that was never written (bad checksum or wrong place)"
+            )),
+            Value::Write(w) => {
+                if !h.issued.iter().any(|&(x, z)| x == w && !z) {
+                    return Err(format!("sector {sector}: write {w} was never issued here"));
+                }
+                if w < floor {
+                    return Err(format!(
+                        "sector {sector}: read write {w}, older than {floor}, acknowledged \
+                         when the read was asked; violates reads (2)"
+                    ));
+                }
+                Ok(())
+            }
+            Value::Zero => {
+                if floor == 0 || h.issued.iter().any(|&(x, z)| z && x >= floor) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "sector {sector}: read zeroes, older than write {floor}; violates reads (2)"
+                    ))
+                }
+            }
+        }
+    }
+
     pub fn floor(&self, sector: usize) -> (u64, u64) {
         (self.hist[sector].vol, self.hist[sector].dur)
     }

@@ -85,6 +85,11 @@ pub struct Report {
     pub reckless_promotions: u32,
     /// Disks detached after an I/O error and re-attached by the operator.
     pub reattaches: u32,
+    /// Primary reads whose local I/O failed: served by the peer / failed with EIO.
+    pub peer_reads_served: u32,
+    pub peer_reads_failed: u32,
+    /// Reckless runs that ended with both nodes refusing "unrelated data" (operator-caused).
+    pub unrelated_after_reckless: u32,
     pub crashes: u32,
     pub writes_acked: u64,
     pub flushes_acked: u64,
@@ -167,6 +172,8 @@ struct Node {
     /// on-io-error = detach happened: local I/O fails at once, metadata is not written, until
     /// the operator re-attaches (a restart).
     detached: bool,
+    /// The last connect decided "unrelated data" (rule 1000).
+    unrelated: bool,
 }
 
 struct WireFrame {
@@ -193,8 +200,18 @@ struct Link {
 }
 
 enum ClientKind {
-    Write { fua: bool },
-    Flush { covered: Vec<u64> },
+    Write {
+        fua: bool,
+    },
+    Flush {
+        covered: Vec<u64>,
+    },
+    /// A read whose local I/O "failed", asked of the peer (PROTOCOL.md §5.7): the sectors and
+    /// each one's oracle floor when it was asked.
+    PeerRead {
+        first_sector: u64,
+        floors: Vec<u64>,
+    },
 }
 
 struct ClientOp {
@@ -320,6 +337,7 @@ impl Sim {
             solo: false,
             discard_requested: false,
             detached: false,
+            unrelated: false,
         };
         let n = [mk(&mut rng), mk(&mut rng)];
         let eio_rate = 0.002 * opts.faults;
@@ -700,9 +718,7 @@ impl Sim {
             }
             Action::Event(e) => self.on_event(i, e),
             Action::AdminReply(_) => {}
-            // The simulated Primary's reads never fail (its clients read its disk directly), so
-            // it never asks the peer (PROTOCOL.md §5.7 is covered by the core's table tests).
-            Action::ReadDone { .. } => {}
+            Action::ReadDone { id, result } => self.peer_read_done(i, id, result),
         }
     }
 
@@ -721,6 +737,10 @@ impl Sim {
                 }
             }
             Event::SplitBrain => self.report.borrow_mut().split_brains += 1,
+            Event::Message(m) if m.starts_with("connect decision (rule 1000)") => {
+                self.n[i].unrelated = true;
+            }
+            Event::Connection(ConnectionState::Connected) => self.n[i].unrelated = false,
             Event::Replication(ReplicationState::SyncTarget) => {
                 // Its own changes are being replaced by the peer's.
                 self.n[i].solo = false;
@@ -1027,8 +1047,15 @@ impl Sim {
             return;
         }
         let payload = match msg {
-            PeerMsg::Data { source, .. } | PeerMsg::ResyncData { source, .. } => {
-                Some(self.bytes(i, source))
+            PeerMsg::Data { source, .. }
+            | PeerMsg::ResyncData { source, .. }
+            | PeerMsg::ReadReply { source, .. } => {
+                let bytes = self.bytes(i, source);
+                if let DataSource::PeerRead(key) = source {
+                    // As the daemon: a peer read's buffer goes with the frame that carries it.
+                    self.n[i].peer_read_bufs.remove(&key);
+                }
+                Some(bytes)
             }
             PeerMsg::Bitmap {
                 first_bit,
@@ -1062,6 +1089,12 @@ impl Sim {
             (PeerMsg::ResyncData { offset_bytes, .. }, Some(p)) => {
                 Some(Message::ResyncData(ResyncData {
                     offset_bytes: *offset_bytes,
+                    data: Bytes::copy_from_slice(p),
+                }))
+            }
+            (PeerMsg::ReadReply { request_id, .. }, Some(p)) => {
+                Some(Message::ReadReply(urbd_protocol::ReadReply {
+                    request_id: *request_id,
                     data: Bytes::copy_from_slice(p),
                 }))
             }
@@ -1160,6 +1193,7 @@ impl Sim {
                 Ok(Some((_, m))) => match m {
                     Message::Data(d) => payload = Some(d.data.to_vec()),
                     Message::ResyncData(d) => payload = Some(d.data.to_vec()),
+                    Message::ReadReply(r) => payload = Some(r.data.to_vec()),
                     Message::BitmapChunk(c) => payload = Some(c.bits.to_vec()),
                     _ => {}
                 },
@@ -1178,7 +1212,9 @@ impl Sim {
         }
         let seq = f.seq.unwrap_or(0);
         let input = match f.msg {
-            PeerMsg::Data { len_bytes, .. } | PeerMsg::ResyncData { len_bytes, .. } => {
+            PeerMsg::Data { len_bytes, .. }
+            | PeerMsg::ResyncData { len_bytes, .. }
+            | PeerMsg::ReadReply { len_bytes, .. } => {
                 let p = payload.expect("payload");
                 assert_eq!(p.len() as u64, len_bytes);
                 let key = self.n[to].core.as_ref().expect("core").frame_key(seq);
@@ -1418,6 +1454,17 @@ impl Sim {
         if converged {
             return self.final_checks();
         }
+        if self.now > deadline && self.operator_loss && self.n[0].unrelated && self.n[1].unrelated {
+            // Forced promotions rotated the generations until none is shared: both refuse, as
+            // DRBD does; the remedy (`create-md` on the victim) is the operator's, not modelled.
+            trace!(
+                self,
+                "unrelated generations after reckless promotions: operator-caused"
+            );
+            self.report.borrow_mut().unrelated_after_reckless += 1;
+            self.done = true;
+            return;
+        }
         if self.now > deadline {
             let msg = format!(
                 "convergence (3): not Connected/UpToDate and idle {CONVERGE_MS} ms after the faults \
@@ -1473,9 +1520,13 @@ impl Sim {
         }
         // The operator: connect what is StandAlone (resolving a split brain).
         for i in 0..2 {
-            if let Some((_, _, ConnectionState::StandAlone, _)) = self.states(i) {
+            if let Some((role, _, ConnectionState::StandAlone, _)) = self.states(i) {
                 let sb = self.n[i].core.as_ref().is_some_and(|c| c.split_brain());
                 let victim = sb && self.last_primary != Some(i);
+                if victim && role == Role::Primary {
+                    // Two Primaries after forced promotions: the victim steps down first.
+                    self.admin_cmd(i, AdminCmd::Secondary { force: false });
+                }
                 self.admin_cmd(
                     i,
                     AdminCmd::Connect {
@@ -1628,6 +1679,38 @@ impl Sim {
                 },
             );
             self.step(i, Input::Client(ClientRequest::Flush { id }));
+        } else if self.rng.chance(self.eio_rate * 10.0) {
+            // The Primary's local read fails (injected EIO): the core asks the peer.
+            let floors = (start_sector..start_sector + nsec)
+                .map(|s| {
+                    if self.operator_loss {
+                        0
+                    } else {
+                        let (vol, dur) = self.oracle.floor(s as usize);
+                        vol.max(dur)
+                    }
+                })
+                .collect();
+            self.clients.insert(
+                id,
+                ClientOp {
+                    node: i,
+                    inc,
+                    kind: ClientKind::PeerRead {
+                        first_sector: start_sector,
+                        floors,
+                    },
+                },
+            );
+            trace!(self, "{}: injected EIO on a client read", NAMES[i]);
+            self.step(
+                i,
+                Input::ReadFromPeer {
+                    id,
+                    offset_bytes: start_sector * SECTOR as u64,
+                    len_bytes: nsec * SECTOR as u64,
+                },
+            );
         } else {
             // A read, straight from the Primary's disk (as the NBD export does).
             let floors = !self.operator_loss;
@@ -1637,6 +1720,41 @@ impl Sim {
                 if let Err(e) = self.oracle.check(s as usize, v, floors) {
                     return self.violation(format!("read on {}: {e}", NAMES[i]));
                 }
+            }
+        }
+    }
+
+    /// A read served by the peer (or failed): its data must be at least what was acknowledged
+    /// when it was asked (invariants 1 and 2); EIO is always allowed.
+    fn peer_read_done(&mut self, i: usize, id: u64, result: Result<DataSource, IoFailure>) {
+        let Some(c) = self.clients.remove(&id) else {
+            if let Ok(DataSource::Frame(key)) = result {
+                self.n[i].frame_bufs.remove(&key);
+            }
+            return;
+        };
+        let ClientKind::PeerRead {
+            first_sector,
+            floors,
+        } = c.kind
+        else {
+            panic!("ReadDone for a client request that is not a read");
+        };
+        let data = match result {
+            Ok(DataSource::Frame(key)) => self.n[i].frame_bufs.remove(&key).expect("read data"),
+            Ok(other) => panic!("a peer read's data is a frame, not {other:?}"),
+            Err(_) => {
+                self.report.borrow_mut().peer_reads_failed += 1;
+                return;
+            }
+        };
+        self.report.borrow_mut().peer_reads_served += 1;
+        assert_eq!(data.len(), floors.len() * SECTOR, "peer read length");
+        for (k, (chunk, floor)) in data.chunks(SECTOR).zip(floors).enumerate() {
+            let s = first_sector + k as u64;
+            let v = decode_sector(s, chunk);
+            if let Err(e) = self.oracle.check_floor(s as usize, v, floor) {
+                return self.violation(format!("read served by the peer of {}: {e}", NAMES[i]));
             }
         }
     }
@@ -1664,6 +1782,7 @@ impl Sim {
                 self.oracle.flush_acked(&covered);
             }
             (ClientKind::Flush { .. }, Err(_)) => {}
+            (ClientKind::PeerRead { .. }, _) => panic!("a read answered as a write"),
         }
     }
 

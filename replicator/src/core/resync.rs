@@ -663,10 +663,18 @@ impl Core {
                     self.uuids.current = (p.uuids.current & !1) | primary_bit;
                 }
                 self.set_disk(DiskState::UpToDate);
+                // Every block either side had marked (our crashed-primary extents included) now
+                // holds the source's data: a crashed-primary flag is spent (urbd-sim seed 140:
+                // a stale flag made rule 40b pick this node as source later).
+                self.crashed_primary = false;
                 self.reset_resync_controls();
                 self.set_repl(ReplicationState::Established);
-                self.persist_superblock();
+                // The resynced data durable (the bitmap barrier flushes data first), then the
+                // superblock says UpToDate: a power cut in between must not leave an UpToDate
+                // superblock over resync writes still in the disk's cache (urbd-sim
+                // --strict-peer-cache seed 261).
                 self.emit(Action::Persist(Persist::Bitmap));
+                self.persist_superblock();
                 self.send_state();
             }
             _ => unreachable!("not a resync message"),
