@@ -4,11 +4,45 @@
 use urbd_sim::{run, Options};
 
 fn passes(seed: u64) {
-    let r = run(&Options {
+    passes_with(Options {
         seed,
         ..Options::default()
     });
+}
+
+fn passes_with(opts: Options) {
+    let seed = opts.seed;
+    let r = run(&opts);
     assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+}
+
+/// A crashed-primary flag outlived a resync as SyncTarget; after a detach (Outdated) rule 40b
+/// kept picking that node as source, which an Outdated disk may not be.
+#[test]
+fn seed_140_crashed_primary_flag_spent_as_target() {
+    passes(140);
+}
+
+/// With the Secondary's cache volatile, a power cut right after ResyncDone left an UpToDate
+/// superblock over resync writes lost from the cache.
+#[test]
+fn strict_seed_261_target_flushes_before_up_to_date() {
+    passes_with(Options {
+        seed: 261,
+        strict_peer_cache: true,
+        ..Options::default()
+    });
+}
+
+/// Two forced Primaries of unrelated generations met: the "two Primaries" assertion fired while
+/// the connection was being refused.
+#[test]
+fn reckless_seed_34_refused_connection_of_two_primaries() {
+    passes_with(Options {
+        seed: 34,
+        reckless: true,
+        ..Options::default()
+    });
 }
 
 /// Interrupted initial sync + crash while persisting the second SyncUuid: "unrelated data"
