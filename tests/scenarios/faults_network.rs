@@ -1370,13 +1370,9 @@ fn s10_clean_restart_no_resync() {
     );
 }
 
-/// The same without the application's last FLUSH: `down` marks the writes the peer has acked
-/// but not yet flushed (engine.rs `down`: "No waiting for a graceful disconnect when going
-/// down"), so the next start resyncs them — against OPERATIONS.md ("marks a clean shutdown (no
-/// resync at the next start)") and issue 6 scenario 10.
+/// The same without the application's last FLUSH: `down` disconnects gracefully (the peer's
+/// next barrier covers the writes it acknowledged), so the next start resyncs nothing.
 #[test]
-#[ignore = "product bug: `urbdadm down` right after unflushed writes skips the graceful \
-            disconnect, marks the peer's unflushed writes and the next start resyncs them"]
 fn s10b_clean_restart_no_resync_without_final_flush() {
     let figures = clean_restart(false);
     report::scenario(

@@ -165,9 +165,13 @@ impl Core {
 
     fn admin_disconnect(&mut self) -> Option<Result<(), String>> {
         self.standalone_sticky = true;
-        if self.conn == ConnectionState::Connected && !self.peer_volatile.is_empty() {
+        let secondary_dirty = self.role != Role::Primary && self.peer_cache_dirty();
+        if self.conn == ConnectionState::Connected
+            && (!self.peer_volatile.is_empty() || secondary_dirty)
+        {
             // A graceful disconnect: first the peer flushes what it acknowledged, so that only
-            // the writes of the disconnected period need a resync later. Bounded by timeout-ms.
+            // the writes of the disconnected period need a resync later; on a Secondary, the
+            // Primary's next barrier covers what this node acknowledged. Bounded by timeout-ms.
             self.disconnect_deadline_ms = Some(self.now_ms + self.cfg.timeout_ms);
             self.maybe_send_barrier();
             return None;
@@ -193,7 +197,8 @@ impl Core {
         let Some(deadline) = self.disconnect_deadline_ms else {
             return;
         };
-        if self.peer_volatile.is_empty() || self.now_ms >= deadline {
+        let secondary_dirty = self.role != Role::Primary && self.peer_cache_dirty();
+        if (self.peer_volatile.is_empty() && !secondary_dirty) || self.now_ms >= deadline {
             self.finish_disconnect();
             self.emit(Action::AdminReply(Ok(())));
         } else {

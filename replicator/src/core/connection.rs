@@ -230,6 +230,7 @@ impl Core {
         self.sync_paused_by_peer = false;
         self.abort_verify(reason);
         self.peer_flushes.clear();
+        self.flush_gens.clear();
         if self.role == Role::Primary && peer_had_data {
             // A Primary that loses its peer starts a new data generation: at reconnect the
             // peer's current UUID equals our bitmap UUID, which means "bitmap resync from us".

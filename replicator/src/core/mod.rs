@@ -196,6 +196,11 @@ pub struct Core {
     // Secondary side.
     peer_writes: BTreeMap<u64, PeerWrite>,
     peer_flushes: Vec<(u64, u64)>,
+    /// Replicated writes completed (`cache_gen`) and covered by a completed peer flush
+    /// (`flushed_gen`); flushes in flight → the `cache_gen` they cover.
+    cache_gen: u64,
+    flushed_gen: u64,
+    flush_gens: BTreeMap<u64, u64>,
     /// Reads this Primary asked the peer for: `ReadRequest` seq → the waiting client read.
     peer_reads: BTreeMap<u64, peer_read::PeerReadWait>,
     /// Reads the peer asked this Secondary for: frame key → (`ReadRequest` seq, length).
@@ -293,6 +298,9 @@ impl Core {
             resync: None,
             orphan_resync_reads: Vec::new(),
             peer_reads: BTreeMap::new(),
+            cache_gen: 0,
+            flushed_gen: 0,
+            flush_gens: BTreeMap::new(),
             serving_reads: BTreeMap::new(),
             last_resync: None,
             sync_paused_here: false,

@@ -119,6 +119,11 @@ impl Core {
             .remove(&key)
             .expect("completion for a tracked peer write");
         let seq = seq_of_key(key);
+        if ok && !w.resync {
+            // In the disk's cache until a later flush (graceful disconnect waits for one; the
+            // Primary's barriers cover application writes, the resync end flushes its own).
+            self.cache_gen += 1;
+        }
         let ack = if ok {
             PeerMsg::WriteAck { request_id: seq }
         } else {
@@ -161,6 +166,8 @@ impl Core {
             let ready = oldest_write.is_none_or(|w| w > seq);
             if ready && seq != u64::MAX {
                 self.peer_flushes[i].1 = u64::MAX; // started
+                                                   // It covers every write completed so far.
+                self.flush_gens.insert(flush_id, self.cache_gen);
                 self.emit(Action::Local {
                     io: LocalIo::PeerFlush(flush_id),
                     op: LocalOp::Flush,
@@ -181,7 +188,11 @@ impl Core {
             return;
         };
         self.peer_flushes.remove(i);
+        let covered = self.flush_gens.remove(&flush_id);
         if ok {
+            if let Some(g) = covered {
+                self.flushed_gen = self.flushed_gen.max(g);
+            }
             self.send_meta(PeerMsg::FlushAck { flush_id });
         } else {
             // A flush that failed leaves nothing known durable: the link cannot vouch for it.
@@ -189,5 +200,14 @@ impl Core {
                 reason: "local flush failed".into(),
             });
         }
+    }
+}
+
+impl Core {
+    /// True while a replicated write this node acknowledged may still be only in its disk's
+    /// cache (no peer flush has covered it yet): an operator disconnect waits for the next
+    /// barrier so that the peer need not mark it (PROTOCOL.md §5.1).
+    pub(super) fn peer_cache_dirty(&self) -> bool {
+        self.cache_gen > self.flushed_gen
     }
 }

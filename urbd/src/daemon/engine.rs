@@ -87,6 +87,8 @@ pub enum EngineInput {
 enum AdminWaiter {
     Control(oneshot::Sender<Response>),
     Attach(oneshot::Sender<Result<(), String>>),
+    /// `down` waiting for its graceful disconnect (the peer's flush).
+    Down(oneshot::Sender<Response>),
 }
 
 /// What the peer link's handshake sends: refreshed after every step.
@@ -130,6 +132,10 @@ pub struct Engine {
     /// on-io-error = detach happened: the disk is no longer used (local I/O fails at once,
     /// metadata is not written) until the daemon is restarted (`down` + `up`).
     detached: bool,
+    /// A failed connection attempt is retried at this time (connect-interval-ms later).
+    retry_connect_at_ms: Option<u64>,
+    last_connect_error: Option<String>,
+    pub connect_interval_ms: u64,
     /// Reads served to the peer (`LocalIo::PeerRead`), until sent.
     peer_read_bufs: HashMap<u64, IoBuf>,
     /// Application reads waiting for the peer's copy.
@@ -178,6 +184,9 @@ impl Engine {
             was_sync_target: false,
             held: std::collections::VecDeque::new(),
             detached: false,
+            retry_connect_at_ms: None,
+            last_connect_error: None,
+            connect_interval_ms: 1000,
             peer_read_bufs: HashMap::new(),
             read_waiters: HashMap::new(),
         }
@@ -329,9 +338,14 @@ impl Engine {
             EngineInput::PeerUp(est) => self.peer_up(*est),
             EngineInput::ConnectFailed(why) => {
                 self.connecting = false;
-                tracing::warn!("connecting to the peer failed: {why}");
+                // Said once per distinct reason (a failure that repeats, such as a listen
+                // address in use, must not flood the log), retried every connect interval.
+                if self.last_connect_error.as_deref() != Some(why.as_str()) {
+                    tracing::warn!("connecting to the peer failed: {why}");
+                    self.last_connect_error = Some(why);
+                }
                 if self.core.connection_state() == ConnectionState::Connecting {
-                    self.start_connecting();
+                    self.retry_connect_at_ms = Some(self.now_ms() + self.connect_interval_ms);
                 }
             }
             EngineInput::Peer { epoch, event } => {
@@ -356,6 +370,12 @@ impl Engine {
             }
             EngineInput::Tick => {
                 self.step(Input::Tick);
+                if self.retry_connect_at_ms.is_some_and(|t| self.now_ms() >= t) {
+                    self.retry_connect_at_ms = None;
+                    if self.core.connection_state() == ConnectionState::Connecting {
+                        self.start_connecting();
+                    }
+                }
                 let now = self.now_ms();
                 let progress = self.core.resync_progress().or_else(|| {
                     self.core
@@ -537,6 +557,10 @@ impl Engine {
                         self.step(Input::ClientAttached);
                     }
                     let _ = done.send(r.map_err(|e| format!("auto-promote failed: {e}")));
+                }
+                Some(AdminWaiter::Down(done)) => {
+                    // The graceful disconnect ended (flushed, or timeout-ms passed).
+                    let _ = done.send(self.finish_down());
                 }
                 None => {}
             },
@@ -761,10 +785,7 @@ impl Engine {
                 stop_bytes,
                 repair,
             },
-            Request::Down => {
-                let _ = done.send(self.down());
-                return;
-            }
+            Request::Down => return self.down(done),
             Request::Events => {
                 let _ = done.send(Response::error("events are streamed: use `urbdadm events`"));
                 return;
@@ -782,23 +803,45 @@ impl Engine {
 
     /// `urbdadm down`: demote (refused with clients attached), disconnect, persist everything
     /// with the clean-shutdown flag, exit.
-    fn down(&mut self) -> Response {
+    /// `urbdadm down`: demote, disconnect gracefully (the peer flushes what it acknowledged,
+    /// bounded by timeout-ms, so that nothing is marked for a resync at the next start), then
+    /// save the metadata with the clean-shutdown flag and exit.
+    fn down(&mut self, done: oneshot::Sender<Response>) {
+        if self.admin.is_some() {
+            let _ = done.send(Response::error(
+                "another state change is in progress; retry",
+            ));
+            return;
+        }
         if self.core.role() == Role::Primary {
             if self.core.clients() > 0 {
-                return Response::error(format!(
+                let _ = done.send(Response::error(format!(
                     "{} NBD client(s) attached; disconnect them (or `urbdadm secondary --force`) first",
                     self.core.clients()
-                ));
+                )));
+                return;
             }
             self.step(Input::Admin(AdminCmd::Secondary { force: false }));
             if self.core.role() == Role::Primary {
-                return Response::error("application requests still in flight; retry `down`");
+                let _ = done.send(Response::error(
+                    "application requests still in flight; retry `down`",
+                ));
+                return;
             }
         }
+        if self.core.connection_state() == ConnectionState::Connected && !self.detached {
+            self.admin = Some(AdminWaiter::Down(done));
+            // Replies (now, or when the peer's flush is in) through `Action::AdminReply`.
+            self.step(Input::Admin(AdminCmd::Disconnect));
+            return;
+        }
         self.step(Input::Admin(AdminCmd::Disconnect));
+        let _ = done.send(self.finish_down());
+    }
+
+    fn finish_down(&mut self) -> Response {
         if self.core.connection_state() == ConnectionState::Connected {
-            // No waiting for a graceful disconnect when going down: let the core mark what
-            // the peer holds only in its cache, now.
+            // Not waiting any longer: let the core mark what the peer holds only in its cache.
             self.step(Input::PeerLost {
                 reason: "resource going down".into(),
             });
@@ -814,6 +857,8 @@ impl Engine {
             return Response::ok();
         }
         let result = tokio::task::block_in_place(|| {
+            // Data durable before the bitmap and the clean-shutdown flag vouch for it.
+            flush_data(&self.disk)?;
             self.meta.write_bitmap(self.core.bitmap(), &pages)?;
             self.meta.clean_shutdown(&view)
         });

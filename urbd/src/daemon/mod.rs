@@ -242,6 +242,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         connect,
     );
     engine.inflight_writes_max = cfg.net.max_inflight_writes.max(1) as usize;
+    engine.connect_interval_ms = cfg.net.connect_interval_ms.max(1);
     engine.handlers = handlers::Handlers {
         split_brain: cfg.handlers.split_brain.clone(),
         before_resync_target: cfg.handlers.before_resync_target.clone(),
