@@ -1390,9 +1390,6 @@ fn s10b_clean_restart_no_resync_without_final_flush() {
 /// clear error, or the daemon must say so and retry at connect-interval (not spin), and reach
 /// its peer once the address is free.
 #[test]
-#[ignore = "product bug: with the listen address in use the daemon retries connect() in a hot \
-            loop (thousands of `peer transport not started` warnings per second) and never \
-            listens, while `urbdadm up` reports success"]
 fn replication_address_in_use() {
     let net = net();
     let mut pair = Pair::with_net("C", IMAGE_MIB, net.clone());

@@ -194,7 +194,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
         send_queue_frames_max: 4096,
         recv_queue_frames_max: 4096,
     };
-    let connector = Arc::new(tokio::sync::Mutex::new(Connector::start(peer_cfg)));
+    // Bound now, so that an address in use fails `urbdadm up` with the reason, rather than a
+    // daemon that never listens.
+    let connector = Connector::try_start(peer_cfg).map_err(|e| {
+        anyhow::anyhow!(
+            "resource {}: {e}; stop whatever uses it (`ss -ltnp`) or change this node's \
+             `address` in {}",
+            cfg.resource,
+            cfg.path.display()
+        )
+    })?;
+    let connector = Arc::new(tokio::sync::Mutex::new(connector));
     let protocol = cfg.protocol.to_wire();
     let bytes_per_bit = attached.bytes_per_bit;
     let max_frame_bytes = limits.max_frame_bytes();
