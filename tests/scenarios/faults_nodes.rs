@@ -350,7 +350,7 @@ fn s4b_primary_kill9_during_resync() {
         &count,
     );
     assert_eq!(end3.reason, EndReason::Limit, "{end3}");
-    pair.adm_ok(Alpha, &["secondary", RES]);
+    pair.secondary(Alpha);
     pair.down_both();
     ck.verify_image(&pair.data_region(Beta)).assert_ok("beta");
     ck.verify_image(&pair.data_region(Alpha)).assert_ok("alpha");
@@ -425,7 +425,7 @@ fn s5_split_brain_ten_rounds() {
             });
         }
         let detected = t0.elapsed();
-        pair.adm_ok(victim, &["secondary", RES]);
+        pair.secondary(victim);
         pair.adm_ok(victim, &["connect", "--discard-my-data", RES]);
         pair.adm_ok(survivor, &["connect", RES]);
         wait_in_sync(&pair, survivor, Duration::from_secs(60));
@@ -451,7 +451,7 @@ fn s5_split_brain_ten_rounds() {
         ));
         primary = survivor;
     }
-    pair.adm_ok(primary, &["secondary", RES]);
+    pair.secondary(primary);
     pair.down_both();
     for n in Node::BOTH {
         ck.verify_image(&pair.data_region(n))
@@ -489,7 +489,7 @@ fn s5_split_brain_ten_rounds() {
 fn s5b_stale_parked_connection_after_quick_split() {
     let seed = report::seed();
     let pair = synced_pair(IMAGE_MIB, 50, 5, "");
-    pair.adm_ok(Alpha, &["secondary", RES]);
+    pair.secondary(Alpha);
     pair.adm_ok(Beta, &["primary", RES]);
     pair.adm_ok(Beta, &["disconnect", RES]);
     // alpha (Secondary) notices and dials beta at once (connect interval 300 ms).

@@ -80,7 +80,7 @@ fn split_brain_and_resync_handlers_run_with_their_environment() {
     );
 
     // Recovery: beta discards its data, resyncs, and its resync-target handlers run again.
-    pair.adm_ok(Beta, &["secondary", RES]);
+    pair.secondary(Beta);
     pair.adm_ok(Beta, &["connect", "--discard-my-data", RES]);
     pair.adm_ok(Alpha, &["connect", RES]);
     pair.wait_connect(Alpha, 30);

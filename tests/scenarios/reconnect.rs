@@ -207,7 +207,7 @@ fn split_brain_ten_rounds() {
             });
         }
         // beta is the victim.
-        pair.adm_ok(Beta, &["secondary", RES]);
+        pair.secondary(Beta);
         pair.adm_ok(Beta, &["connect", "--discard-my-data", RES]);
         pair.adm_ok(Alpha, &["connect", RES]);
         pair.wait_connect(Alpha, 30);

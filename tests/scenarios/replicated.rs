@@ -369,7 +369,7 @@ fn status_json_and_events() {
     // secondary / primary: alpha's role, and beta sees the peer's role.
     let mark_a = ev_a.lines().len();
     let mark_b = ev_b.lines().len();
-    pair.adm_ok(Alpha, &["secondary", RES]);
+    pair.secondary(Alpha);
     ev_a.wait_line("role:Secondary", mark_a, t, |l| {
         l.starts_with(&format!("change resource name:{RES}")) && l.contains("role:Secondary")
     });
@@ -455,7 +455,7 @@ fn refusals() {
     pair.wait_status(Alpha, "0 NBD clients", tw, |s| {
         s.get("nbd").u64_at("clients") == 0
     });
-    pair.adm_ok(Alpha, &["secondary", RES]);
+    pair.secondary(Alpha);
     pair.wait_status(Beta, "peer Secondary", tw, |s| {
         peer_of(s).str_at("peer-role") == "Secondary"
     });

@@ -386,9 +386,41 @@ impl Pair {
         self.adm_ok(node, &["up", RES]);
     }
 
+    /// `urbdadm ARGS`, retried for up to 10 s while the refusal is a transient one (an NBD
+    /// client that just closed its socket is detached a moment later; requests still in flight;
+    /// another state change in progress); asserts success in the end.
+    #[track_caller]
+    pub fn adm_ok_settled(&self, node: Node, args: &[&str]) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let o = self.adm(node, args);
+            let transient = ["client(s) attached", "in flight", "in progress"]
+                .iter()
+                .any(|t| o.stderr.contains(t) || o.stdout.contains(t));
+            if o.status.success() {
+                return o;
+            }
+            if !transient || Instant::now() >= deadline {
+                panic!(
+                    "urbdadm {} on {node} failed:\n{}\n{}",
+                    args.join(" "),
+                    o.describe(),
+                    self.logs_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `urbdadm secondary` (transient refusals retried, see [`Pair::adm_ok_settled`]).
+    #[track_caller]
+    pub fn secondary(&self, node: Node) {
+        self.adm_ok_settled(node, &["secondary", RES]);
+    }
+
     #[track_caller]
     pub fn down(&self, node: Node) {
-        self.adm_ok(node, &["down", RES]);
+        self.adm_ok_settled(node, &["down", RES]);
         assert!(
             self.wait_daemon_gone(node, Duration::from_secs(10)),
             "`down` returned but the urbd run process of {node} is still alive\n{}",
