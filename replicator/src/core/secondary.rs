@@ -119,9 +119,9 @@ impl Core {
             .remove(&key)
             .expect("completion for a tracked peer write");
         let seq = seq_of_key(key);
-        if ok && !w.resync {
-            // In the disk's cache until a later flush (graceful disconnect waits for one; the
-            // Primary's barriers cover application writes, the resync end flushes its own).
+        if ok {
+            // In the disk's cache until a later flush: a graceful disconnect waits for the
+            // peer's next barrier (its transfer log holds application and resync writes alike).
             self.cache_gen += 1;
         }
         let ack = if ok {
