@@ -79,7 +79,12 @@ impl Shared {
         } else if e.is_protocol() {
             PeerStats::bump(&self.stats.protocol_errors);
             tracing::info!("refusing {dir} connection with {addr}: {e}");
+        } else if incoming {
+            // Someone connected and did not complete the handshake (a silent or truncated
+            // client included): worth a trace at the default level.
+            tracing::info!("incoming connection from {addr} closed during the handshake: {e}");
         } else {
+            // Dialling a peer that is not up fails every connect interval: not at info.
             tracing::debug!("{dir} connection with {addr} failed: {e}");
         }
     }
