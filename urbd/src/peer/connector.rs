@@ -20,7 +20,10 @@ use urbd_protocol::{
 use super::frames::ReadError;
 use super::handshake::{self, Authenticated, Checked, HandshakeError};
 use super::link::{self, LiveGuard};
-use super::{ConnectError, Established, LocalHello, PeerConfig, PeerStats, MAX_PENDING_INCOMING};
+use super::{
+    ConnectError, Established, LocalHello, PeerConfig, PeerStats, MAX_PENDING_INCOMING,
+    MAX_PENDING_INCOMING_FROM_PEER,
+};
 
 /// Parked incoming sockets kept at most (oldest dropped first).
 const PARKED_MAX: usize = 4;
@@ -566,6 +569,10 @@ async fn exchange(
 
 async fn listen_loop(listener: TcpListener, shared: Arc<Shared>) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_INCOMING));
+    // Connections from the peer's own address have slots of their own: strangers filling the
+    // pending limit with silent connections cannot keep the real peer out.
+    let pending_from_peer = Arc::new(Semaphore::new(MAX_PENDING_INCOMING_FROM_PEER));
+    let peer_ip = shared.cfg.peer_addr.ip();
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -583,7 +590,15 @@ async fn listen_loop(listener: TcpListener, shared: Arc<Shared>) {
             );
             continue;
         }
-        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+        let from_peer = addr.ip() == peer_ip;
+        let permit = Arc::clone(&pending).try_acquire_owned().or_else(|e| {
+            if from_peer {
+                Arc::clone(&pending_from_peer).try_acquire_owned()
+            } else {
+                Err(e)
+            }
+        });
+        let Ok(permit) = permit else {
             PeerStats::bump(&shared.stats.refused_connections);
             tracing::info!(
                 "refusing connection from {addr}: {MAX_PENDING_INCOMING} handshakes pending"

@@ -68,7 +68,8 @@
 //! Whatever the peer wrote into a parked pair may be stale; the confirmation above makes that
 //! harmless (a pair the peer has given up fails instead of completing).
 //! At most [`MAX_PENDING_INCOMING`] unauthenticated connections are handshaking at once; more
-//! are closed immediately.
+//! are closed immediately, except that connections from the peer's configured IP address have
+//! [`MAX_PENDING_INCOMING_FROM_PEER`] slots of their own (strangers cannot keep the peer out).
 //!
 //! # Back-pressure
 //!
@@ -107,6 +108,9 @@ pub const SEND_QUEUE_FRAMES_MAX_DEFAULT: usize = 1024;
 pub const RECV_QUEUE_FRAMES_MAX_DEFAULT: usize = 256;
 /// Most incoming connections handshaking at the same time; more are closed at once.
 pub const MAX_PENDING_INCOMING: usize = 16;
+/// Extra handshake slots for connections from the peer's configured IP address, used when the
+/// [`MAX_PENDING_INCOMING`] shared ones are taken (by strangers holding silent connections).
+pub const MAX_PENDING_INCOMING_FROM_PEER: usize = 4;
 
 /// Configuration of the transport to one peer.
 #[derive(Debug, Clone)]
