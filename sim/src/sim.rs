@@ -674,6 +674,9 @@ impl Sim {
             }
             self.perform(i, a);
         }
+        // Freshness follows every step (a resync can end and the operator disconnect within
+        // one tick: reckless seed 569 saw a stale "wrote alone" flag).
+        self.update_freshness();
         self.check_roles();
     }
 
@@ -1772,7 +1775,10 @@ impl Sim {
                 let connected = self.n[i].core.as_ref().map(|c| c.connection_state())
                     == Some(ConnectionState::Connected);
                 if !connected {
+                    // Written alone: the other node no longer has everything (a careful
+                    // operator does not fail over to it; seed 1052).
                     self.n[i].solo = true;
+                    self.n[1 - i].fresh = false;
                 }
             }
             (ClientKind::Write { .. }, Err(IoFailure::NotPrimary)) => self.oracle.refused(id),

@@ -68,3 +68,21 @@ fn seeds_1_to_361_pass() {
         passes(seed);
     }
 }
+
+/// Simulator operator: failed over to a node that missed writes acknowledged while the link was
+/// down (its freshness was not revoked).
+#[test]
+fn seed_1052_no_failover_to_a_stale_node() {
+    passes(1052);
+}
+
+/// Simulator: a stale "wrote alone" mark (freshness updated on ticks only) flagged a split brain
+/// that was not one.
+#[test]
+fn reckless_seed_569_freshness_follows_every_step() {
+    passes_with(Options {
+        seed: 569,
+        reckless: true,
+        ..Options::default()
+    });
+}
