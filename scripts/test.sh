@@ -16,7 +16,7 @@ echo "== simulator (seeded faults against the real replication core)"
 cargo run --release -p urbd-sim -- --seeds "${URBD_SIM_SEEDS:-1000}"
 cargo run --release -p urbd-sim -- --seeds "${URBD_SIM_SEEDS:-1000}" --csums
 cargo run --release -p urbd-sim -- --seeds 500 --reckless
-cargo run --release -p urbd-sim -- --seeds 500 --strict-peer-cache
+cargo run --release -p urbd-sim -- --seeds 500 --strict-peer-cache --flush-audit
 echo "== quick benchmark (fails only on I/O or verify errors)"
 bench/run --quick --json target/bench/quick.json
 echo "== quick resync benchmark (fails only on errors)"

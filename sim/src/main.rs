@@ -6,7 +6,7 @@ use std::time::Instant;
 use urbd_sim::{run, Options};
 
 const USAGE: &str = "usage: urbd-sim [--seeds N] [--start S] [--seed S] [--trace] [--faults F] \
-                     [--reckless] [--duration-ms MS] [--csums]
+                     [--reckless] [--duration-ms MS] [--csums] [--flush-audit]
   --seeds N        run seeds START..START+N (default 100); stops at the first failing seed
   --start S        first seed of --seeds (default 0)
   --seed S         replay one seed exactly (add --trace for every event)
@@ -16,7 +16,9 @@ const USAGE: &str = "usage: urbd-sim [--seeds N] [--start S] [--seed S] [--trace
   --duration-ms MS simulated length of the fault phase (default 20000)
   --strict-peer-cache  replicated writes stay in the Secondary's volatile cache until a flush
                    (exposes a known core gap, see docs/SIMULATION.md)
-  --csums          full resyncs compare crc32c digests first (csums-alg) on odd seeds";
+  --csums          full resyncs compare crc32c digests first (csums-alg) on odd seeds
+  --flush-audit    at every FLUSH reply (protocol C, peer connected), check that each write it
+                   covers is on the peer's stable storage (use with --strict-peer-cache)";
 
 fn main() -> ExitCode {
     let mut opts = Options::default();
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             "--reckless" => opts.reckless = true,
             "--strict-peer-cache" => opts.strict_peer_cache = true,
             "--csums" => opts.csums = true,
+            "--flush-audit" => opts.flush_audit = true,
             "--duration-ms" => opts.duration_ms = num(val("--duration-ms")),
             "--faults" => {
                 let v = val("--faults");

@@ -219,6 +219,19 @@ impl Oracle {
         }
     }
 
+    /// The sectors write `wid` covered.
+    pub fn sectors_of(&self, wid: u64) -> Vec<usize> {
+        self.writes
+            .get(&wid)
+            .map(|rec| Self::sectors(rec).collect())
+            .unwrap_or_default()
+    }
+
+    /// True if a zero write at or after `wid` was issued for `sector` (or `wid` itself zeroed).
+    pub fn zeroed_since(&self, sector: usize, wid: u64) -> bool {
+        self.hist[sector].issued.iter().any(|&(x, z)| z && x >= wid)
+    }
+
     pub fn floor(&self, sector: usize) -> (u64, u64) {
         (self.hist[sector].vol, self.hist[sector].dur)
     }

@@ -47,6 +47,10 @@ pub struct Options {
     pub duration_ms: u64,
     /// A broken transport that skips the crc32c check (teeth for invariant 8 only).
     pub broken_transport: bool,
+    /// Check the NBD durability contract at every acknowledged FLUSH (invariant 1, directly):
+    /// in protocol C, with the peer connected and UpToDate from the FLUSH to its reply, every
+    /// write it covers is on the peer's stable storage too.
+    pub flush_audit: bool,
     /// Every node's completed-but-unflushed writes are lost at a crash. Off by default: the
     /// core forgets a write once both disks *completed* it (the peer's WriteAck means "in its
     /// cache"), so a crash of a node that is not Primary silently loses writes the pair
@@ -68,6 +72,7 @@ impl Default for Options {
             trace: false,
             duration_ms: 20_000,
             broken_transport: false,
+            flush_audit: false,
             strict_peer_cache: false,
             csums: false,
         }
@@ -205,6 +210,9 @@ enum ClientKind {
     },
     Flush {
         covered: Vec<u64>,
+        /// The link epoch and the peer's incarnation when it was asked, if the pair was
+        /// replicating then (for `flush_audit`).
+        replicating_at: Option<(u64, u64)>,
     },
     /// A read whose local I/O "failed", asked of the peer (PROTOCOL.md §5.7): the sectors and
     /// each one's oracle floor when it was asked.
@@ -1673,12 +1681,18 @@ impl Sim {
             );
         } else if roll < 77 {
             let covered = self.oracle.flush_snapshot();
+            let replicating_at = self
+                .replicating(i)
+                .then(|| (self.link.epoch, self.n[1 - i].inc));
             self.clients.insert(
                 id,
                 ClientOp {
                     node: i,
                     inc,
-                    kind: ClientKind::Flush { covered },
+                    kind: ClientKind::Flush {
+                        covered,
+                        replicating_at,
+                    },
                 },
             );
             self.step(i, Input::Client(ClientRequest::Flush { id }));
@@ -1762,6 +1776,52 @@ impl Sim {
         }
     }
 
+    /// True when node `i` is Primary, connected, Established, with an UpToDate peer.
+    fn replicating(&self, i: usize) -> bool {
+        let peer_up_to_date = self.n[i]
+            .core
+            .as_ref()
+            .and_then(|c| c.peer())
+            .is_some_and(|p| p.disk == DiskState::UpToDate);
+        self.link.up
+            && peer_up_to_date
+            && self.states(i).is_some_and(|(r, d, c, repl)| {
+                r == Role::Primary
+                    && d == DiskState::UpToDate
+                    && c == ConnectionState::Connected
+                    && repl == ReplicationState::Established
+            })
+    }
+
+    /// `flush_audit`: every write a FLUSH covered is on node `peer`'s stable storage, unless
+    /// the Primary marked its block out of sync (a failed peer write: the resync owes it).
+    fn audit_flush(&self, peer: usize, covered: &[u64]) -> Result<(), String> {
+        let primary = self.n[1 - peer].core.as_ref().expect("core");
+        for &wid in covered {
+            for s in self.oracle.sectors_of(wid) {
+                let bm = primary.bitmap();
+                if bm.is_set(bm.bit_of((s * SECTOR) as u64)) {
+                    continue;
+                }
+                let r = s * SECTOR..(s + 1) * SECTOR;
+                let v = decode_sector(s as u64, &self.n[peer].disk.durable[r]);
+                let ok = match v {
+                    Value::Write(w) => w >= wid,
+                    Value::Zero => self.oracle.zeroed_since(s, wid),
+                    Value::Garbage => false,
+                };
+                if !ok {
+                    return Err(format!(
+                        "durability (1): a FLUSH was acknowledged but write {wid} is not on \
+                         {}'s stable storage (sector {s}: {v:?})",
+                        NAMES[peer]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn client_done(&mut self, i: usize, id: u64, result: Result<(), IoFailure>) {
         let Some(c) = self.clients.remove(&id) else {
             return;
@@ -1783,8 +1843,26 @@ impl Sim {
             }
             (ClientKind::Write { .. }, Err(IoFailure::NotPrimary)) => self.oracle.refused(id),
             (ClientKind::Write { .. }, Err(IoFailure::Io)) => {}
-            (ClientKind::Flush { covered }, Ok(())) => {
+            (
+                ClientKind::Flush {
+                    covered,
+                    replicating_at,
+                },
+                Ok(()),
+            ) => {
                 self.report.borrow_mut().flushes_acked += 1;
+                let still = self
+                    .replicating(i)
+                    .then(|| (self.link.epoch, self.n[1 - i].inc));
+                if self.opts.flush_audit
+                    && self.protocol == ReplicationProtocol::C
+                    && replicating_at.is_some()
+                    && replicating_at == still
+                {
+                    if let Err(e) = self.audit_flush(1 - i, &covered) {
+                        return self.violation(e);
+                    }
+                }
                 self.oracle.flush_acked(&covered);
             }
             (ClientKind::Flush { .. }, Err(_)) => {}

@@ -86,3 +86,18 @@ fn reckless_seed_569_freshness_follows_every_step() {
         ..Options::default()
     });
 }
+
+/// A Primary demoted a moment before losing its peer marked its own unconfirmed writes but kept
+/// the generation: the reconnect (rule 40, a tie-break) resynced over them. Now a node marking
+/// its own unconfirmed writes starts a new generation (rule 70 makes it source).
+#[test]
+fn seed_1089_own_unconfirmed_writes_new_generation() {
+    passes(1089);
+}
+
+/// Blocks a Primary marked after its peer's failed writes (NegAck), then demoted: with the same
+/// generation a tie-break chose the peer as source. Now the only side with marked blocks is.
+#[test]
+fn seed_1914_the_side_with_marked_blocks_is_source() {
+    passes(1914);
+}

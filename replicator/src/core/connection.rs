@@ -201,6 +201,14 @@ impl Core {
         self.event(Event::Message(format!("peer lost: {reason}")));
         let peer_had_data =
             self.replicating() && self.peer.is_some_and(|p| p.disk == DiskState::UpToDate);
+        // Our own application writes the peer has not confirmed (this node may have been
+        // demoted a moment ago: urbd-sim seed 1089): the bitmap marks them, and only a new
+        // generation makes the reconnect resync them from us rather than over them.
+        let own_unconfirmed = !self.peer_volatile.is_empty()
+            || self
+                .peer_pending
+                .values()
+                .any(|p| matches!(p, PeerPending::Client(_) | PeerPending::Answered { .. }));
         self.forget_peer_requests();
         self.fail_peer_reads();
         if let Some(r) = self.resync.take() {
@@ -231,7 +239,7 @@ impl Core {
         self.abort_verify(reason);
         self.peer_flushes.clear();
         self.flush_gens.clear();
-        if self.role == Role::Primary && peer_had_data {
+        if peer_had_data && (self.role == Role::Primary || own_unconfirmed) {
             // A Primary that loses its peer starts a new data generation: at reconnect the
             // peer's current UUID equals our bitmap UUID, which means "bitmap resync from us".
             let fresh = self.fresh_uuid();

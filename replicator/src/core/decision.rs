@@ -913,7 +913,13 @@ pub fn no_sync_resync_direction(me: &SideInfo, peer: &SideInfo) -> Option<SyncDi
         ) {
             (true, false) => 1,
             (false, true) => -1,
-            _ => tie_break(me, peer)?,
+            // Only one side marked blocks: it marked them because its copy is the newer one
+            // (writes the peer failed or never confirmed, urbd-sim seed 1914): it is source.
+            _ => match (me.dirty_bits > 0, peer.dirty_bits > 0) {
+                (true, false) => 1,
+                (false, true) => -1,
+                _ => tie_break(me, peer)?,
+            },
         },
     };
     let (source, target) = if hg > 0 { (me, peer) } else { (peer, me) };
