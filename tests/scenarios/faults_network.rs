@@ -1410,7 +1410,7 @@ fn replication_address_in_use() {
         report::scenario(
             "replication address in use",
             "`up` refuses with a clear error",
-            &o.stderr,
+            o.stderr.lines().next().unwrap_or_default(),
         );
         return;
     }
