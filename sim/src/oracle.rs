@@ -160,12 +160,26 @@ impl Oracle {
         } else {
             "reads (2): an acknowledged write"
         };
+        self.check_against(sector, v, floor, what)
+    }
+
+    /// As [`Oracle::check`], against a floor taken earlier (a read asked then, answered now).
+    pub fn check_floor(&self, sector: usize, v: Value, floor: u64) -> Result<(), String> {
+        self.check_against(
+            sector,
+            v,
+            floor,
+            "reads (2): a write acknowledged when the read was asked",
+        )
+    }
+
+    fn check_against(&self, sector: usize, v: Value, floor: u64, what: &str) -> Result<(), String> {
         match v {
             Value::Garbage => Err(format!(
                 "sector {sector}: data that was never written (bad checksum or wrong place)"
             )),
             Value::Write(w) => {
-                if !h.issued.iter().any(|&(x, z)| x == w && !z) {
+                if !self.hist[sector].issued.iter().any(|&(x, z)| x == w && !z) {
                     return Err(format!("sector {sector}: write {w} was never issued here"));
                 }
                 if w < floor {
@@ -176,43 +190,11 @@ impl Oracle {
                 Ok(())
             }
             Value::Zero => {
-                if floor == 0 || h.issued.iter().any(|&(x, z)| z && x >= floor) {
+                if floor == 0 || self.zeroed_since(sector, floor) {
                     Ok(())
                 } else {
                     Err(format!(
                         "sector {sector}: read zeroes, older than write {floor}; violates {what}"
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Where each sector's floor stands (for traces).
-    /// As [`Oracle::check`], against a floor taken earlier (a read asked then, answered now).
-    pub fn check_floor(&self, sector: usize, v: Value, floor: u64) -> Result<(), String> {
-        let h = &self.hist[sector];
-        match v {
-            Value::Garbage => Err(format!(
-                "sector {sector}: data that was never written (bad checksum or wrong place)"
-            )),
-            Value::Write(w) => {
-                if !h.issued.iter().any(|&(x, z)| x == w && !z) {
-                    return Err(format!("sector {sector}: write {w} was never issued here"));
-                }
-                if w < floor {
-                    return Err(format!(
-                        "sector {sector}: read write {w}, older than {floor}, acknowledged \
-                         when the read was asked; violates reads (2)"
-                    ));
-                }
-                Ok(())
-            }
-            Value::Zero => {
-                if floor == 0 || h.issued.iter().any(|&(x, z)| z && x >= floor) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "sector {sector}: read zeroes, older than write {floor}; violates reads (2)"
                     ))
                 }
             }
@@ -232,6 +214,7 @@ impl Oracle {
         self.hist[sector].issued.iter().any(|&(x, z)| z && x >= wid)
     }
 
+    /// Where each sector's floor stands (for traces).
     pub fn floor(&self, sector: usize) -> (u64, u64) {
         (self.hist[sector].vol, self.hist[sector].dur)
     }
